@@ -1,0 +1,1 @@
+"""Data: dataset readers, sample corpus, WebDataset shards, object storage (no Ray here)."""

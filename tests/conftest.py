@@ -1,0 +1,71 @@
+"""Shared fixtures: a real S3-compatible server and a real local Ray cluster, both on loopback.
+
+Run the suite through ``scripts/test.sh`` (README command 2): it enters a network namespace that
+holds only ``lo``, because Ray listens on every interface of the machine. Fixtures that start
+servers refuse to run outside such a namespace unless ``MADIS_NO_NETNS=1`` says the risk is known.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _loopback_only() -> bool:
+    try:
+        return sorted(os.listdir("/sys/class/net")) == ["lo"]
+    except OSError:
+        return False
+
+
+def require_loopback() -> None:
+    if not _loopback_only() and os.environ.get("MADIS_NO_NETNS") != "1":
+        pytest.fail(
+            "this test starts servers; run it through scripts/test.sh (a loopback-only network "
+            "namespace) or set MADIS_NO_NETNS=1"
+        )
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real moto S3 server on 127.0.0.1; its endpoint and credentials are put in os.environ."""
+    require_loopback()
+    from madis.data.s3server import LocalS3Server
+
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    server = LocalS3Server(log_path=log).start()
+    old = {k: os.environ.get(k) for k in server.env}
+    server.apply_env()
+    yield server
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the local server; returns its URL ``s3://name``."""
+    import boto3
+
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray cluster (4 logical CPUs on this 2-core machine, no dashboard)."""
+    require_loopback()
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
