@@ -70,3 +70,13 @@ def ray_local():
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smplx_model_dir(tmp_path_factory):
+    """A directory holding a made-up SMPL-X-shaped ``SMPLX_NEUTRAL.npz`` (see madis.motion.testing)."""
+    from madis.motion.testing import write_fake_smplx_model
+
+    d = tmp_path_factory.mktemp("smplx")
+    write_fake_smplx_model(d)
+    return d

@@ -10,8 +10,11 @@ from madis.motion.base import (
     get_format,
     register,
 )
+from madis.motion import keypoints, smplx133  # noqa: E402,F401  (register the built-in formats)
+from madis.motion.length import apply_length_rules, compute_stats, length_indices, unzscore, zscore
 
 __all__ = [
     "FRAME_MULTIPLE", "MAX_FRAMES", "MIN_FRAMES", "PARTS", "MetricJoints", "MotionFormat",
-    "get_format", "register",
+    "get_format", "register", "apply_length_rules", "compute_stats", "length_indices",
+    "unzscore", "zscore",
 ]
