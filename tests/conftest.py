@@ -17,8 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _loopback_only() -> bool:
+    # if_nameindex() asks the kernel about this process's network namespace; /sys/class/net
+    # still lists the host's interfaces after `unshare -n` because sysfs is not remounted.
+    import socket
+
     try:
-        return sorted(os.listdir("/sys/class/net")) == ["lo"]
+        return [name for _, name in socket.if_nameindex()] == ["lo"]
     except OSError:
         return False
 
