@@ -19,6 +19,7 @@ endpoint or missing bucket raises :class:`~madis.data.storage.StorageError` at o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -203,7 +204,8 @@ def write_shards(
         finally:
             w.close()
         manifest["splits"][split] = {
-            "shards": w.shards, "shard_samples": w.counts, "samples": int(sum(w.counts)),
+            "shards": w.shards, "shard_samples": w.counts,
+            "sha256": [hashlib.sha256((out / n).read_bytes()).hexdigest() for n in w.shards], "samples": int(sum(w.counts)),
             "languages": dict(sorted(langs.items())), "composed": composed,
         }
     if stats is None:

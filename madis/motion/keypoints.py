@@ -286,21 +286,33 @@ def hand_shapes(xyz: np.ndarray, present: np.ndarray) -> dict[str, tuple[np.ndar
     return out
 
 
+def process_points(
+    points: HolisticPoints,
+    mean_hands: Mapping[str, np.ndarray] | None = None,
+    fps: float = FPS,
+) -> KeypointClip:
+    """Normalise, fill and resample raw points (module doc steps 1-3); no length rules yet.
+
+    Raises:
+        ValueError: the shoulders are never detected.
+    """
+    xyz = normalize_points(points)
+    filled, valid = fill_missing(xyz, points.present, mean_hands)
+    filled, valid = resample(filled, valid, points.fps, fps)
+    return KeypointClip(motion=filled.reshape(len(filled), DIM).astype(np.float32),
+                        valid=valid, fps=fps)
+
+
 def clip_from_pose(
     source: str | os.PathLike | bytes,
     mean_hands: Mapping[str, np.ndarray] | None = None,
     fps: float = FPS,
 ) -> KeypointClip:
-    """Read and process one ``.pose`` clip (module doc steps 1-3); no length rules yet.
+    """Read and process one ``.pose`` clip (:func:`read_pose_points` + :func:`process_points`).
 
     Returns:
         :class:`KeypointClip` with ``motion [T, 165]`` float32 at ``fps``.
     Raises:
         ValueError: unreadable layout or the body never detected.
     """
-    pts = read_pose_points(source)
-    xyz = normalize_points(pts)
-    filled, valid = fill_missing(xyz, pts.present, mean_hands)
-    filled, valid = resample(filled, valid, pts.fps, fps)
-    return KeypointClip(motion=filled.reshape(len(filled), DIM).astype(np.float32),
-                        valid=valid, fps=fps)
+    return process_points(read_pose_points(source), mean_hands, fps)

@@ -1,0 +1,132 @@
+"""``madis data ...``: build, inspect, upload and round-trip shard sets."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+DEFAULT_OUT = "shards"
+DEFAULT_LOCAL_URL = "s3://madis-sample/keypoints"
+#: frame-count bins of the length histogram (the length rules keep T in 40..400)
+LENGTH_BINS = (40, 80, 120, 160, 200, 300, 401)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("data", help="build, inspect and upload WebDataset shard sets",
+                              description="Build, inspect and upload WebDataset shard sets.")
+    sub = p.add_subparsers(dest="data_cmd", required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build-sample", help="build the sample corpus shards from spoken-to-signed",
+                       description="Build the sample corpus (fingerspelling lexicon of the installed "
+                                   "spoken-to-signed package) into WebDataset shards; skipped when "
+                                   "an identical build is already there.")
+    b.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
+    b.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    b.set_defaults(func=cmd_build_sample)
+
+    i = sub.add_parser("inspect", help="counts per split and language, length histogram",
+                       description="Read a shard set (directory, file:// or s3:// URL) and print "
+                                   "sample counts per split and language and a length histogram.")
+    i.add_argument("url", metavar="PATH_OR_URL")
+    i.set_defaults(func=cmd_inspect)
+
+    u = sub.add_parser("upload", help="copy a shard directory to s3://bucket/prefix",
+                       description="Upload a shard directory to S3 (endpoint from AWS_ENDPOINT_URL); "
+                                   "creates the bucket when missing; manifest.json goes last.")
+    u.add_argument("dir", metavar="DIR")
+    u.add_argument("url", metavar="S3_URL")
+    u.set_defaults(func=cmd_upload)
+
+    r = sub.add_parser("roundtrip", help="build/verify, upload to a local S3 server, stream back, summarise",
+                       description="The embedded default's data step: build or verify the sample "
+                                   "shards, start a local S3-compatible server on 127.0.0.1, upload, "
+                                   "stream every split back through the training reader, check the "
+                                   "counts against the manifest, print a summary, stop the server.")
+    r.add_argument("--out", default=DEFAULT_OUT, help="shard directory (default: %(default)s)")
+    r.add_argument("--url", default=DEFAULT_LOCAL_URL, help="destination (default: %(default)s)")
+    r.set_defaults(func=cmd_roundtrip)
+
+
+def cmd_build_sample(args: argparse.Namespace) -> int:
+    from madis.data.sample import build_sample_corpus, is_up_to_date
+
+    out = Path(args.out)
+    if not args.force and is_up_to_date(out):
+        print(f"{out}/: sample shards up to date (checksums verified)")
+        return 0
+    m = build_sample_corpus(out)
+    print(f"{out}/: built " + ", ".join(f"{s} {v['samples']} samples in {len(v['shards'])} shards"
+                                        for s, v in m["splits"].items()))
+    return 0
+
+
+def summarize(url: str, out=sys.stdout) -> dict:
+    """Read every split of ``url`` and print counts per split/language and a length histogram.
+
+    Returns ``{split: {"samples": n, "languages": Counter, "lengths": Counter, "skipped": k}}``.
+    """
+    from madis.data.shards import ReadStats, iter_samples, read_manifest
+
+    manifest = read_manifest(url)
+    print(f"{url}: format {manifest['format']}, {manifest['fps']} fps", file=out)
+    result = {}
+    order = {"train": 0, "val": 1, "test": 2}
+    for split in sorted(manifest["splits"], key=lambda s: (order.get(s, 3), s)):
+        stats = ReadStats()
+        langs, lengths, composed = Counter(), Counter(), 0
+        for s in iter_samples(url, split, shuffle=False, stats=stats, manifest=manifest):
+            langs[s["meta"]["lang"]] += 1
+            composed += bool(s["meta"].get("composed"))
+            T = len(s["motion"])
+            lo = max(b for b in LENGTH_BINS[:-1] if b <= T) if T >= LENGTH_BINS[0] else 0
+            lengths[lo] += 1
+        n = sum(langs.values())
+        result[split] = {"samples": n, "languages": langs, "lengths": lengths,
+                         "skipped": stats.corrupt_shards, "bad_samples": stats.bad_samples}
+        print(f"\n[{split}] {n} samples ({composed} composed) in {stats.shards_read} shards"
+              + (f"; SKIPPED {stats.corrupt_shards} unreadable shards" if stats.corrupt_shards else ""),
+              file=out)
+        print("  per language: " + " ".join(f"{k}:{v}" for k, v in sorted(langs.items())), file=out)
+        print("  length (frames):", file=out)
+        for lo, hi in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:]):
+            c = lengths.get(lo, 0)
+            print(f"    {lo:>3}-{hi - 1:<3} {c:>5} {'#' * min(60, (c * 60 + n - 1) // max(n, 1))}", file=out)
+    return result
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    summarize(args.url)
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from madis.data import storage
+
+    if not storage.is_s3(args.url):
+        print(f"error: {args.url} is not an s3:// URL", file=sys.stderr)
+        return 2
+    written = storage.upload_dir(args.dir, args.url)
+    print(f"uploaded {len(written)} files to {args.url} (endpoint {storage.endpoint()})")
+    return 0
+
+
+def cmd_roundtrip(args: argparse.Namespace) -> int:
+    from madis.data import storage
+    from madis.data.s3server import LocalS3Server
+    from madis.data.shards import read_manifest
+
+    cmd_build_sample(argparse.Namespace(out=args.out, force=False))
+    local = read_manifest(args.out)
+    with LocalS3Server() as server:
+        server.apply_env()
+        storage.upload_dir(args.out, args.url)
+        print(f"uploaded {args.out}/ to {args.url} on the local S3 server {server.endpoint}")
+        got = summarize(args.url)
+    bad = [s for s, v in local["splits"].items() if got[s]["samples"] != v["samples"] or got[s]["skipped"]]
+    if bad:
+        print(f"error: splits {bad} streamed back with different counts than the manifest", file=sys.stderr)
+        return 1
+    print("\nround trip OK: every sample streamed back from S3")
+    return 0

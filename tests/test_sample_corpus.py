@@ -1,0 +1,158 @@
+"""The real sample corpus (spoken-to-signed fingerspelling lexicon) and the `madis data` CLI."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from madis.cli import main
+from madis.data.sample import (
+    WORDS, build_sample_corpus, compose, corpus_mean_hands, is_up_to_date, lexicon_dir, read_lexicon,
+    split_units, unit_key,
+)
+from madis.data.shards import iter_samples, read_manifest
+from madis.motion.keypoints import KeypointClip, clip_from_pose, read_pose_points
+from madis.motion.length import apply_length_rules
+
+N_LANGS = 19
+
+
+@pytest.fixture(scope="module")
+def sample_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sample")
+    build_sample_corpus(root)
+    return root
+
+
+def _units(lang):
+    return [e.text for e in read_lexicon() if e.lang == lang]
+
+
+@pytest.mark.parametrize("lang, word, expected", [
+    ("sgg", "SCHULE", ["SCH", "U", "L", "E"]),
+    ("sgg", "KIRCHE", ["K", "I", "R", "CH", "E"]),
+    ("csq", "LJUBAV", ["Lj", "U", "B", "A", "V"]),
+    ("cse", "CHATA", ["Ch", "A", "T", "A"]),
+    ("ise", "MATTEO", ["M", "A", "tt", "E", "O"]),
+    ("gsg", "STRAßE", ["S", "T", "R", "A", "ß", "E"]),
+    ("gsg", "KÄSE", ["K", "ä", "S", "E"]),
+    ("jos", "سلام", ["س", "لا", "م"]),
+    ("ssp", "SEVILLA", ["S", "E", "V", "I", "LL", "A"]),
+])
+def test_longest_match_units(lang, word, expected):
+    assert split_units(word, _units(lang)) == expected
+
+
+def test_unspellable_word_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"matches 'Q' \(position 0\)"):
+        split_units("QA", _units("tsm"))  # Turkish fingerspelling has no Q
+    assert unit_key("straße") == "STRAẞE" and unit_key("İz") == "İZ"
+
+
+def test_compose_cross_fades_three_frames():
+    a = KeypointClip(np.zeros((5, 2), np.float32), np.ones((5, 3), bool), 25.0)
+    vb = np.ones((6, 3), bool)
+    vb[0, 2] = False
+    b = KeypointClip(np.ones((6, 2), np.float32), vb, 25.0)
+    m, v = compose([a, b])
+    np.testing.assert_allclose(m[:, 0], [0, 0, 0.25, 0.5, 0.75, 1, 1, 1])
+    np.testing.assert_array_equal(v[:, 2], [1, 1, 0, 1, 1, 1, 1, 1])
+
+
+def test_lexicon_and_word_lists_cover_every_language():
+    entries = read_lexicon()
+    assert len(entries) == 600 and len({e.lang for e in entries}) == N_LANGS
+    assert set(WORDS) == {e.lang for e in entries}
+
+
+def test_counts_per_split_and_language(sample_root):
+    m = read_manifest(str(sample_root))
+    assert m["format"] == "keypoints" and m["fps"] == 25.0
+    n_words = {s: sum(len(w[s]) for w in WORDS.values()) for s in ("train", "val", "test")}
+    assert m["splits"]["train"]["samples"] == 600 + n_words["train"] == 752
+    assert m["splits"]["val"]["samples"] == n_words["val"] == 76
+    assert m["splits"]["test"]["samples"] == 76
+    assert m["splits"]["val"]["languages"] == {lang: 4 for lang in WORDS}
+    assert len(m["splits"]["train"]["shards"]) >= 4
+    assert "MIT" in m["licence"]["text"] and "spoken-to-signed==" in m["provenance"]["package"]
+    assert len(m["stats"]["mean"]) == 165
+
+
+def test_splits_are_disjoint_and_letters_are_train(sample_root):
+    texts = {}
+    for split in ("train", "val", "test"):
+        texts[split] = [(s["meta"]["lang"], unit_key(s["meta"]["text"]), s["meta"]["composed"])
+                        for s in iter_samples(str(sample_root), split, shuffle=False)]
+    letters = [t for t in texts["train"] if not t[2]]
+    assert len(letters) == 600 and len(set(letters)) == 600
+    assert all(t[2] for t in texts["val"] + texts["test"])
+    tr, va, te = ({(lang, w) for lang, w, _ in texts[s]} for s in ("train", "val", "test"))
+    assert not (tr & va) and not (tr & te) and not (va & te)
+
+
+def test_letter_and_word_samples_hold_the_processed_clips(sample_root):
+    d = lexicon_dir()
+    entries = read_lexicon(d)
+    mean_hands = corpus_mean_hands(read_pose_points(e.path) for e in entries)
+    by = {(e.lang, e.text): e for e in entries}
+    got = {s["key"]: s for s in iter_samples(str(sample_root), "train", shuffle=False)}
+    got.update({s["key"]: s for s in iter_samples(str(sample_root), "val", shuffle=False)})
+    ref = clip_from_pose(by[("ase", "A")].path, mean_hands)
+    m, v = apply_length_rules(ref.motion, ref.valid)
+    s = got["ase-letter-000"]
+    assert s["meta"]["text"] == "A" and s["meta"]["source"].endswith(".pose")
+    np.testing.assert_allclose(s["motion"], m.astype(np.float16).astype(np.float32), atol=0)
+    np.testing.assert_array_equal(s["valid"], v)
+    emma = got["ase-word-val-01"]
+    assert emma["meta"]["text"] == "EMMA" and emma["meta"]["units"] == ["E", "M", "M", "A"]
+    parts = [clip_from_pose(by[("ase", u)].path, mean_hands) for u in "EMMA"]
+    m, v = apply_length_rules(*compose(parts))
+    np.testing.assert_allclose(emma["motion"], m.astype(np.float16).astype(np.float32), atol=0)
+
+
+def test_two_builds_are_byte_identical(sample_root, tmp_path):
+    build_sample_corpus(tmp_path)
+    digest = lambda root: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                           for p in sorted(root.iterdir())}
+    assert digest(tmp_path) == digest(sample_root)
+    assert is_up_to_date(tmp_path)
+    shard = sorted(tmp_path.glob("train-*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:-1024])
+    assert not is_up_to_date(tmp_path)
+
+
+def test_two_ranks_get_their_own_train_shards(sample_root):
+    from madis.data.shards import rank_assignment
+
+    m = read_manifest(str(sample_root))
+    n = len(m["splits"]["train"]["shards"])
+    a, _ = rank_assignment(n, 0, 2, seed=0, epoch=0, shuffle=True)
+    b, _ = rank_assignment(n, 1, 2, seed=0, epoch=0, shuffle=True)
+    assert len(a) >= 2 and len(b) >= 2 and not set(a) & set(b)
+    langs = [Counter(s["meta"]["lang"] for s in iter_samples(str(sample_root), "train", rank=r, world_size=2))
+             for r in (0, 1)]
+    assert all(len(c) == N_LANGS for c in langs)  # the seeded train order mixes languages
+
+
+def test_cli_inspect_build_and_upload(sample_root, capsys, s3_bucket):
+    assert main(["data", "build-sample", "--out", str(sample_root)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main(["data", "inspect", str(sample_root)]) == 0
+    out = capsys.readouterr().out
+    assert "[train] 752 samples (152 composed)" in out and "[val] 76 samples" in out
+    assert main(["data", "upload", str(sample_root), f"{s3_bucket}/sample"]) == 0
+    capsys.readouterr()
+    assert main(["data", "inspect", f"{s3_bucket}/sample"]) == 0
+    assert "[test] 76 samples (76 composed)" in capsys.readouterr().out
+
+
+def test_cli_help_on_every_subcommand(capsys):
+    for argv in (["--help"], ["data", "--help"], ["data", "build-sample", "--help"],
+                 ["data", "inspect", "--help"], ["data", "upload", "--help"], ["data", "roundtrip", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+        assert "usage: madis" in capsys.readouterr().out
