@@ -18,16 +18,21 @@ from madis.motion.testing import FAKE_JOINTS, FAKE_VERTEX_PARENT, holistic_pose_
 @pytest.mark.parametrize(
     "T, expected",
     [
-        (10, np.round(np.linspace(0, 9, 40)).astype(int)),
+        (10, np.repeat(np.arange(10), [5, 4, 4, 5, 4, 4, 5, 4, 4, 1])),  # floor(linspace), as SOKE
         (40, np.arange(40)),
         (45, np.arange(0, 44)),
         (47, np.arange(1, 45)),
         (400, np.arange(400)),
-        (1000, np.round(np.linspace(0, 999, 400)).astype(int)),
     ],
 )
 def test_length_indices_known_answers(T, expected):
     np.testing.assert_array_equal(length_indices(T), expected)
+
+
+def test_long_clips_are_subsampled_to_400_distinct_frames():
+    idx = length_indices(1000)
+    assert len(idx) == 400 and idx[0] == 0 and idx[-1] == 999
+    assert len(np.unique(idx)) == 400 and (np.diff(idx) >= 2).all() and (np.diff(idx) <= 3).all()
 
 
 def test_apply_length_rules_moves_companions_together():

@@ -151,7 +151,8 @@ def test_cli_inspect_build_and_upload(sample_root, capsys, s3_bucket):
 
 def test_cli_help_on_every_subcommand(capsys):
     for argv in (["--help"], ["data", "--help"], ["data", "build-sample", "--help"],
-                 ["data", "inspect", "--help"], ["data", "upload", "--help"], ["data", "roundtrip", "--help"]):
+                 ["data", "inspect", "--help"], ["data", "upload", "--help"], ["data", "roundtrip", "--help"],
+                 ["data", "build-soke", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 0

@@ -26,6 +26,15 @@ def add_parser(subparsers) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
     b.set_defaults(func=cmd_build_sample)
 
+    k = sub.add_parser("build-soke", help="build 133-d SMPL-X shards from SOKE-layout datasets",
+                       description="Read How2Sign / CSL-Daily / Phoenix-2014T in SOKE's on-disk layout "
+                                   "(see madis/data/soke.py) into one smplx133 shard set.")
+    k.add_argument("--how2sign", metavar="DIR", help="How2Sign root (holds train/ val/ test/)")
+    k.add_argument("--csl", metavar="DIR", help="CSL-Daily root (csl_clean.* and poses/)")
+    k.add_argument("--phoenix", metavar="DIR", help="Phoenix-2014T root (phoenix14t.* and frames)")
+    k.add_argument("--out", required=True, help="output directory")
+    k.set_defaults(func=cmd_build_soke)
+
     i = sub.add_parser("inspect", help="counts per split and language, length histogram",
                        description="Read a shard set (directory, file:// or s3:// URL) and print "
                                    "sample counts per split and language and a length histogram.")
@@ -59,6 +68,20 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     m = build_sample_corpus(out)
     print(f"{out}/: built " + ", ".join(f"{s} {v['samples']} samples in {len(v['shards'])} shards"
                                         for s, v in m["splits"].items()))
+    return 0
+
+
+def cmd_build_soke(args: argparse.Namespace) -> int:
+    from madis.data.soke import build_soke_shards
+
+    roots = {n: getattr(args, n) for n in ("how2sign", "csl", "phoenix") if getattr(args, n)}
+    if not roots:
+        print("error: give at least one of --how2sign, --csl, --phoenix", file=sys.stderr)
+        return 2
+    manifest, reports = build_soke_shards(args.out, roots)
+    for name, rep in sorted(reports.items()):
+        print(f"{name}: {rep.read} clips read, {len(rep.skipped)} skipped")
+    print(f"{args.out}/: " + ", ".join(f"{s} {v['samples']}" for s, v in manifest["splits"].items()))
     return 0
 
 

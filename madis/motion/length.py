@@ -1,8 +1,8 @@
 """Length rules and z-score normalisation shared by every motion format (SPEC "Data").
 
 The length rules are SOKE's: a clip shorter than ``MIN_FRAMES`` has frames repeated (indices
-``linspace(0, T-1, MIN_FRAMES)`` rounded) up to ``MIN_FRAMES``; one longer than ``MAX_FRAMES`` is
-subsampled the same way down to ``MAX_FRAMES``; otherwise it is centre-cropped to a multiple of
+``linspace(0, T-1, MIN_FRAMES)`` truncated to integers, as SOKE's ``dtype=int``) up to
+``MIN_FRAMES``; one longer than ``MAX_FRAMES`` is subsampled the same way down to ``MAX_FRAMES``; otherwise it is centre-cropped to a multiple of
 ``FRAME_MULTIPLE`` so that the tokenizer's 4x down-sampling gives a whole number of positions.
 Ground truth for evaluation goes through the same rules.
 """
@@ -40,9 +40,9 @@ def length_indices(
     if min_frames % multiple or max_frames % multiple or min_frames > max_frames:
         raise ValueError(f"bad length limits {min_frames}..{max_frames} (multiple {multiple})")
     if num_frames < min_frames:
-        return np.round(np.linspace(0, num_frames - 1, min_frames)).astype(np.int64)
+        return np.linspace(0, num_frames - 1, min_frames).astype(np.int64)
     if num_frames > max_frames:
-        return np.round(np.linspace(0, num_frames - 1, max_frames)).astype(np.int64)
+        return np.linspace(0, num_frames - 1, max_frames).astype(np.int64)
     keep = num_frames - num_frames % multiple
     start = (num_frames - keep) // 2
     return np.arange(start, start + keep, dtype=np.int64)
