@@ -149,6 +149,16 @@ def test_cli_inspect_build_and_upload(sample_root, capsys, s3_bucket):
     assert "[test] 76 samples (76 composed)" in capsys.readouterr().out
 
 
+def test_cli_roundtrip_through_its_own_local_s3_server(sample_root, capsys, s3_server):
+    import os
+
+    before = os.environ["AWS_ENDPOINT_URL"]
+    assert main(["data", "roundtrip", "--out", str(sample_root), "--url", "s3://roundtrip/sample"]) == 0
+    out = capsys.readouterr().out
+    assert "round trip OK" in out and "[train] 752 samples" in out
+    assert os.environ["AWS_ENDPOINT_URL"] == before  # the session server is still the one in use
+
+
 def test_cli_help_on_every_subcommand(capsys):
     for argv in (["--help"], ["data", "--help"], ["data", "build-sample", "--help"],
                  ["data", "inspect", "--help"], ["data", "upload", "--help"], ["data", "roundtrip", "--help"],

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
 
-DEFAULT_OUT = "shards"
-DEFAULT_LOCAL_URL = "s3://madis-sample/keypoints"
+from madis.data.config import DataConfig
+
+DEFAULT_OUT = DataConfig.shards
+DEFAULT_LOCAL_URL = DataConfig.upload_url
 #: frame-count bins of the length histogram (the length rules keep T in 40..400)
 LENGTH_BINS = (40, 80, 120, 160, 200, 300, 401)
 
@@ -85,13 +88,14 @@ def cmd_build_soke(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarize(url: str, out=sys.stdout) -> dict:
+def summarize(url: str, out=None) -> dict:
     """Read every split of ``url`` and print counts per split/language and a length histogram.
 
     Returns ``{split: {"samples": n, "languages": Counter, "lengths": Counter, "skipped": k}}``.
     """
     from madis.data.shards import ReadStats, iter_samples, read_manifest
 
+    out = out or sys.stdout
     manifest = read_manifest(url)
     print(f"{url}: format {manifest['format']}, {manifest['fps']} fps", file=out)
     result = {}
@@ -143,10 +147,18 @@ def cmd_roundtrip(args: argparse.Namespace) -> int:
     cmd_build_sample(argparse.Namespace(out=args.out, force=False))
     local = read_manifest(args.out)
     with LocalS3Server() as server:
+        saved = {k: os.environ.get(k) for k in server.env}
         server.apply_env()
-        storage.upload_dir(args.out, args.url)
-        print(f"uploaded {args.out}/ to {args.url} on the local S3 server {server.endpoint}")
-        got = summarize(args.url)
+        try:
+            storage.upload_dir(args.out, args.url)
+            print(f"uploaded {args.out}/ to {args.url} on the local S3 server {server.endpoint}")
+            got = summarize(args.url)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     bad = [s for s, v in local["splits"].items() if got[s]["samples"] != v["samples"] or got[s]["skipped"]]
     if bad:
         print(f"error: splits {bad} streamed back with different counts than the manifest", file=sys.stderr)
