@@ -1,0 +1,324 @@
+"""What the MDLM and the autoregressive baseline share: text batching, sign targets, the backbone
+with its extended vocabulary, the frozen motion tokenizer, and save/load.
+
+Both models read the training batch of the data contract (``text``, ``lang``, ``tokens``
+``[B, N, 3]`` padded -1, ``token_mask``, ``motion``, ``mask``) and expose
+``loss(batch, stage) -> (loss, metrics)`` and ``generate(texts, langs, ...) -> Generation``,
+so the one training loop and the benchmarks treat them alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from madis.config import from_dict, to_dict
+from madis.mdlm.backbone import (
+    DTYPES,
+    extend_vocabulary,
+    new_backbone,
+    pretrained_backbone,
+    tiny_qwen3_config,
+)
+from madis.mdlm.config import ModelConfig
+from madis.mdlm.losses import IGNORE
+from madis.mdlm.text import (
+    ByteTokenizer,
+    TextTokenizer,
+    build_text_tokenizer,
+    format_prompt,
+    load_text_tokenizer,
+    save_text_tokenizer,
+)
+from madis.mdlm.vocab import SignVocab
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "madis-mdlm/1"
+
+
+@dataclass
+class TextBatch:
+    """Left-padded text prefixes ``[y ; EOS]``.
+
+    Attributes:
+        ids: ``[B, Lt]`` text ids; row b holds ``L_b`` text tokens then the separator ``[EOS]``
+            (the text tokenizer's eos) in its last ``L_b + 1`` columns.
+        valid: bool ``[B, Lt]``, False on left padding.
+        lengths: ``[B]`` = L_b + 1.
+    """
+
+    ids: torch.Tensor
+    valid: torch.Tensor
+    lengths: torch.Tensor
+
+
+@dataclass
+class Generation:
+    """Generated sign tokens.
+
+    Attributes:
+        tokens: ``[B, N, 3]`` int64 codes (body, lhand, rhand); -1 from the first [EOS] on.
+        lengths: ``[B]`` int64, sign positions kept (4 frames each).
+        gates: ``[B, N, 3]`` MoP gate weights of the final tokens (paper Figure 7), or None.
+        trace: masked state ``[B, N]`` after every step (``record=True``), else empty.
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    gates: torch.Tensor | None = None
+    trace: list | None = None
+
+
+class SignLanguageModel(nn.Module):
+    """Base of :class:`~madis.mdlm.model.MaDiSModel` and :class:`~madis.mdlm.ar.ARBaseline`.
+
+    Args:
+        cfg: the ``model`` section.
+        tokenizer: a ``DecoupledTokenizer`` (codebooks, sizes, frozen decoders). It is held
+            outside the module tree: its weights are neither trained nor saved with the model,
+            but ``.to()`` moves it along. May be None when ``codebook_sizes``/``code_dims`` are
+            given (e.g. loading for token generation only).
+        codebook_sizes, code_dims: needed without a tokenizer.
+    Raises:
+        ValueError: neither a tokenizer nor the sizes, or a text tokenizer larger than the
+            backbone's vocabulary.
+    """
+
+    causal: ClassVar[bool] = False
+
+    def __init__(self, cfg: ModelConfig, tokenizer: Any = None, *,
+                 codebook_sizes: Sequence[int] | None = None,
+                 code_dims: Sequence[int] | None = None,
+                 _saved: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        object.__setattr__(self, "tokenizer", None)
+        if tokenizer is not None:
+            codebook_sizes = tuple(int(k) for k in tokenizer.codebook_sizes)
+            code_dims = tuple(int(d) for d in tokenizer.code_dims)
+        if codebook_sizes is None or code_dims is None:
+            raise ValueError("pass a tokenizer, or codebook_sizes and code_dims")
+        self.codebook_sizes = tuple(int(k) for k in codebook_sizes)
+        self.code_dims = tuple(int(d) for d in code_dims)
+        dtype = DTYPES[cfg.dtype]
+        if _saved is not None:
+            self.text_tokenizer: TextTokenizer = _saved["text_tokenizer"]
+            self.backbone = new_backbone(_saved["backbone"], causal=self.causal)
+            text_size = int(_saved["text_size"])
+        else:
+            self.text_tokenizer = build_text_tokenizer(cfg.text_tokenizer, cfg.backbone)
+            if cfg.backbone == "tiny":
+                text_size = self.text_tokenizer.vocab_size
+                vocab = SignVocab(text_size, self.codebook_sizes)
+                self.backbone = new_backbone(
+                    tiny_qwen3_config(cfg, vocab.size, causal=self.causal), causal=self.causal)
+            else:
+                self.backbone = pretrained_backbone(cfg.backbone, causal=self.causal, dtype=dtype)
+                text_size = self.backbone.get_input_embeddings().weight.shape[0]
+        if self.text_tokenizer.vocab_size > text_size:
+            raise ValueError(f"text tokenizer has {self.text_tokenizer.vocab_size} ids but the "
+                             f"backbone only {text_size} text rows")
+        self.vocab = SignVocab(text_size, self.codebook_sizes)
+        extend_vocabulary(self.backbone, self.vocab.size)
+        self.d_model = self.backbone.config.hidden_size
+        if tokenizer is not None:
+            self.attach_tokenizer(tokenizer)
+
+    # ------------------------------------------------------------------ tokenizer and devices
+    def attach_tokenizer(self, tokenizer: Any) -> None:
+        """Use ``tokenizer`` (frozen, eval mode) for latent targets and physical decoding.
+
+        Raises:
+            ValueError: its codebook sizes or dims differ from the model's.
+        """
+        if tuple(tokenizer.codebook_sizes) != self.codebook_sizes or \
+                tuple(tokenizer.code_dims) != self.code_dims:
+            raise ValueError(
+                f"tokenizer codebooks {tuple(tokenizer.codebook_sizes)}/{tuple(tokenizer.code_dims)} "
+                f"do not match the model's {self.codebook_sizes}/{self.code_dims}")
+        tokenizer.requires_grad_(False)
+        tokenizer.eval()
+        p = next(self.parameters())
+        tokenizer.to(p.device)
+        object.__setattr__(self, "tokenizer", tokenizer)
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to()/.cuda()/.half() reach the tokenizer too, although it is not a submodule
+        if self.tokenizer is not None:
+            self.tokenizer._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def embed_tokens(self) -> nn.Embedding:
+        return self.backbone.get_input_embeddings()
+
+    # ------------------------------------------------------------------ batching
+    def encode_texts(self, texts: Sequence[str], langs: Sequence[str] | None = None) -> TextBatch:
+        """Format (``cfg.text_template``), tokenize, cut to ``cfg.max_text_tokens``, append the
+        separator and left-pad. Returns a :class:`TextBatch` on the model's device.
+
+        Raises:
+            ValueError: ``langs`` has a different length than ``texts``.
+        """
+        if langs is None:
+            langs = [""] * len(texts)
+        if len(langs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(langs)} langs")
+        tok = self.text_tokenizer
+        rows = [tok.encode(format_prompt(self.cfg.text_template, t, lg))[: self.cfg.max_text_tokens]
+                + [tok.eos_id] for t, lg in zip(texts, langs)]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
+        valid = torch.zeros((len(rows), width), dtype=torch.bool)
+        for b, r in enumerate(rows):
+            ids[b, width - len(r):] = torch.tensor(r)
+            valid[b, width - len(r):] = True
+        dev = self.device
+        return TextBatch(ids.to(dev), valid.to(dev), valid.sum(1).to(dev))
+
+    def sign_targets(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch tokens -> head-space targets over the N sign positions.
+
+        Position i < n_b holds the sample's codes, position n_b the body class [EOS] (when
+        n_b < N), later positions [PAD] (SPEC: padding is part of the sequence so the model
+        learns where to stop); hand targets are ``IGNORE`` from n_b on.
+
+        Args:
+            tokens: ``[B, N', 3]`` int codes, padding -1.
+            token_mask: bool ``[B, N']``, True on a prefix of each row.
+        Returns:
+            (targets ``[B, N, 3]`` int64, n ``[B]`` int64).
+        Raises:
+            ValueError: a mask that is not a prefix, more than N real positions, or a code
+                outside its codebook.
+        """
+        n_max = self.cfg.num_positions
+        tokens = tokens.to(self.device).long()
+        token_mask = token_mask.to(self.device).bool()
+        if tokens.ndim != 3 or tokens.shape[-1] != 3 or token_mask.shape != tokens.shape[:2]:
+            raise ValueError(f"tokens must be [B, N, 3] with token_mask [B, N], got "
+                             f"{tuple(tokens.shape)} and {tuple(token_mask.shape)}")
+        n = token_mask.sum(1)
+        width = tokens.shape[1]
+        pos = torch.arange(width, device=tokens.device)
+        if not torch.equal(token_mask, pos[None, :] < n[:, None]):
+            raise ValueError("token_mask must be True on a prefix of each row (padding at the end)")
+        if int(n.max()) > n_max:
+            raise ValueError(f"a sample has {int(n.max())} sign positions, more than "
+                             f"model.num_positions = {n_max} ({4 * n_max} frames)")
+        if width < n_max:
+            tokens = torch.cat([tokens, tokens.new_full((tokens.shape[0], n_max - width, 3), -1)], 1)
+        tokens = tokens[:, :n_max]
+        pos = torch.arange(n_max, device=tokens.device)
+        real = pos[None, :] < n[:, None]
+        for p, k in enumerate(self.codebook_sizes):
+            bad = real & ((tokens[..., p] < 0) | (tokens[..., p] >= k))
+            if bad.any():
+                raise ValueError(f"part {p} has codes outside [0, {k}) at real positions")
+        v = self.vocab
+        body = torch.where(real, tokens[..., 0],
+                           torch.where(pos[None, :] == n[:, None], v.eos_class, v.pad_class))
+        hands = torch.where(real[..., None], tokens[..., 1:], IGNORE)
+        return torch.cat([body[..., None], hands], -1), n
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` (model config, backbone config, sizes), ``model.safetensors``
+        and the text tokenizer. The motion tokenizer is not included (saved on its own)."""
+        from safetensors.torch import save_model
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": FORMAT,
+            "class": type(self).__name__,
+            "model": to_dict(self.cfg),
+            "backbone": self.backbone.config.to_dict(),
+            "text_size": self.vocab.text_size,
+            "codebook_sizes": list(self.codebook_sizes),
+            "code_dims": list(self.code_dims),
+        }
+        save_text_tokenizer(self.text_tokenizer, d)
+        save_model(self, str(d / WEIGHTS_FILE))
+        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, tokenizer: Any = None,
+                        overrides: Mapping[str, Any] | None = None,
+                        map_location: str | torch.device = "cpu") -> "SignLanguageModel":
+        """Load a model written by :meth:`save_pretrained`; no network access.
+
+        Args:
+            tokenizer: motion tokenizer to attach (needed for latent/physical losses and motion
+                decoding), or None.
+            overrides: model config fields to change (decoding switches; ``embedding`` to
+                fine-tune a checkpoint pretrained with another variant, whose embedding weights
+                then start fresh -- reported in the ``missing`` attribute).
+        Raises:
+            FileNotFoundError: no checkpoint there; ValueError: a checkpoint of another class.
+        """
+        from safetensors.torch import load_model
+
+        d = Path(directory)
+        if not (d / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {d}")
+        meta = json.loads((d / CONFIG_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{d} is not a MaDiS MDLM checkpoint (format {meta.get('format')!r})")
+        if meta["class"] != cls.__name__ and cls is not SignLanguageModel:
+            raise ValueError(f"{d} holds a {meta['class']}, not a {cls.__name__}")
+        target = cls if cls is not SignLanguageModel else _model_class(meta["class"])
+        cfg_dict = dict(meta["model"])
+        cfg_dict.update(overrides or {})
+        cfg = from_dict(ModelConfig, cfg_dict, where="model")
+        saved = {"backbone": meta["backbone"], "text_size": meta["text_size"],
+                 "text_tokenizer": load_text_tokenizer(d)}
+        model = target(cfg, None, codebook_sizes=meta["codebook_sizes"],
+                       code_dims=meta["code_dims"], _saved=saved)
+        strict = cfg_dict.get("embedding") == meta["model"].get("embedding")
+        missing, unexpected = load_model(model, str(d / WEIGHTS_FILE), strict=strict,
+                                         device=str(map_location))
+        model.missing = sorted(missing)
+        model.to(map_location)
+        if tokenizer is not None:
+            model.attach_tokenizer(tokenizer)
+        return model
+
+
+def _model_class(name: str) -> type[SignLanguageModel]:
+    from madis.mdlm.ar import ARBaseline
+    from madis.mdlm.model import MaDiSModel
+
+    classes = {"MaDiSModel": MaDiSModel, "ARBaseline": ARBaseline}
+    if name not in classes:
+        raise ValueError(f"unknown model class {name!r}")
+    return classes[name]
+
+
+def load_pretrained(directory: str | os.PathLike, tokenizer: Any = None,
+                    overrides: Mapping[str, Any] | None = None,
+                    map_location: str | torch.device = "cpu") -> SignLanguageModel:
+    """Load either model class from a checkpoint directory (dispatching on its config)."""
+    return SignLanguageModel.from_pretrained(directory, tokenizer, overrides, map_location)
+
+
+def positions(text: TextBatch, num_sign: int) -> torch.Tensor:
+    """RoPE position ids ``[B, Lt + num_sign]``: text tokens 0..L_b, sign position i at
+    ``L_b + 1 + i`` -- independent of how much left padding the batch added."""
+    text_pos = (text.valid.long().cumsum(1) - 1).clamp(min=0)
+    sign_pos = text.lengths[:, None] + torch.arange(num_sign, device=text.ids.device)[None, :]
+    return torch.cat([text_pos, sign_pos], 1)
+
+
+__all__ = ["Generation", "SignLanguageModel", "TextBatch", "load_pretrained", "positions",
+           "ByteTokenizer"]

@@ -1,0 +1,142 @@
+"""``ModelConfig``: the MDLM's sizes, losses, masking and decoding switches (section ``model``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from madis.config import ConfigError
+
+EMBEDDINGS = ("dense", "simple_avg", "sparse_top1", "sparse_top2")
+SAMPLERS = ("utc", "vanilla")
+
+
+@dataclass
+class ModelConfig:
+    """Hyper-parameters of MaDiS's masked diffusion language model (paper 3.2, 3.3, 4).
+
+    Backbone:
+        backbone: ``"tiny"`` builds a randomly initialised Qwen3 from the ``hidden_size`` ...
+            fields below (CPU profile); anything else is a Hugging Face id or a local directory
+            of Qwen3 weights (``"Qwen/Qwen3-0.6B-Base"`` in the paper profile), loaded with
+            ``from_pretrained``, its vocabulary extended with MaDiS's special and sign tokens.
+        hidden_size, num_layers, num_heads, num_kv_heads, head_dim, intermediate_size,
+            rope_theta: the tiny Qwen3's sizes (ignored for a pretrained backbone).
+        dtype: parameter dtype of the backbone, ``float32`` or ``bfloat16``.
+        text_tokenizer: ``"auto"`` (the backbone's Hugging Face tokenizer when it has one, else
+            bytes) or ``"bytes"`` (built-in UTF-8 byte tokenizer, no download).
+        text_template: how ``text`` and ``lang`` become the text prefix. The same letters sign
+            differently in each sign language, so the language is written into the prompt as
+            plain text (no new vocabulary, any tokenizer handles it); ``{lang}`` empty drops
+            the tag. Default ``"[{lang}] {text}"``.
+        max_text_tokens: text tokens kept (longer prompts are cut at the end), before ``[EOS]``.
+
+    Sequence and masking:
+        num_positions: N, the sign positions after the text (paper 100; 4N frames).
+        mask_eps: t ~ U(eps, 1] (SPEC eq. 1, LLaDA's 1e-3).
+        mask_text: pretraining also masks text tokens (paper Table 3 "Text" column).
+        utc_checkpoints: noise levels of the UTC checkpoints (paper 3.3.1, default
+            [0.75, 0.5]); each c means resolution 1/(1-c), so 1/(1-c) must be an integer and
+            each stride must divide the previous. ``[0.75]``, ``[0.5]`` and ``[]`` give
+            Table 4's ablation, for fine-tuning masks and the UTC sampler alike.
+        text_attends_sign: full bidirectional attention (paper). ``False`` lets text attend only
+            to text, which makes the text keys/values independent of the sign positions so
+            decoding computes them once (``text_kv_cache``); this changes the model, so it is a
+            training-time choice whose quality effect must be measured.
+
+    Losses (SPEC "Pretraining losses", "Fine-tuning"):
+        token_weight, latent_weight, physical_weight: weights of eq. 3, 4, 5 (default 1.0).
+        latent_loss, physical_loss: switch the latent / physical levels on (Table 3).
+        finetune_lambda: lambda in ``L_ft = L_token + lambda (L_latent + L_phys)`` (0.5).
+        latent_mlp_hidden: hidden width of the three latent MLPs phi_p (0: d_model).
+
+    Sign embedding (paper 3.3.2):
+        embedding: ``dense`` (MoP, default), ``simple_avg`` (SOKE's mean of three learned part
+            embeddings), ``sparse_top1`` / ``sparse_top2`` (top-k gates renormalised).
+        train_codebooks: fine-tune the MoP's copy of the tokenizer codebooks (frozen by default).
+
+    Decoding defaults (overridable per ``generate`` call):
+        sampler: ``utc`` or ``vanilla``; num_steps: K (paper 25); temperature: 0 greedy, > 0
+            Gumbel-max sampling at that temperature.
+        logits_masked_only: compute head logits only at the positions being decoded
+            (exact: same outputs).
+        text_kv_cache: compute the text prefix's keys/values once per sentence; exact, and only
+            possible when ``text_attends_sign`` is False (ignored otherwise).
+        drop_after_eos: once ``[EOS]`` is committed at position e, positions after e become
+            ``[PAD]`` and leave the computation (changes outputs: trained models saw them).
+        stage_kv_cache: approximate cache: at the start of each UTC stage compute every
+            position once and, within the stage, recompute only the stage's own positions
+            against the cached keys/values of the others (changes outputs).
+        ar_embed_weights: the autoregressive baseline's (body, lhand, rhand) embedding average
+            (SOKE: 0.2, 0.4, 0.4).
+    """
+
+    backbone: str = "tiny"
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    intermediate_size: int = 384
+    rope_theta: float = 1_000_000.0
+    dtype: str = "float32"
+    text_tokenizer: str = "auto"
+    text_template: str = "[{lang}] {text}"
+    max_text_tokens: int = 128
+
+    num_positions: int = 100
+    mask_eps: float = 1e-3
+    mask_text: bool = True
+    utc_checkpoints: list[float] = field(default_factory=lambda: [0.75, 0.5])
+    text_attends_sign: bool = True
+
+    token_weight: float = 1.0
+    latent_weight: float = 1.0
+    physical_weight: float = 1.0
+    latent_loss: bool = True
+    physical_loss: bool = True
+    finetune_lambda: float = 0.5
+    latent_mlp_hidden: int = 0
+
+    embedding: str = "dense"
+    train_codebooks: bool = False
+
+    sampler: str = "utc"
+    num_steps: int = 25
+    temperature: float = 0.0
+    logits_masked_only: bool = True
+    text_kv_cache: bool = True
+    drop_after_eos: bool = False
+    stage_kv_cache: bool = False
+    ar_embed_weights: tuple[float, float, float] = (0.2, 0.4, 0.4)
+
+    def __post_init__(self) -> None:
+        from madis.mdlm.masking import utc_strides
+
+        if self.embedding not in EMBEDDINGS:
+            raise ConfigError(f"model.embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"model.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.text_tokenizer not in ("auto", "bytes"):
+            raise ConfigError(f"model.text_tokenizer must be auto or bytes, got {self.text_tokenizer!r}")
+        for name in ("num_positions", "num_steps", "max_text_tokens", "hidden_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError("model.num_heads must be a multiple of model.num_kv_heads")
+        if not 0.0 < self.mask_eps < 1.0:
+            raise ConfigError(f"model.mask_eps must be in (0, 1), got {self.mask_eps}")
+        if self.temperature < 0:
+            raise ConfigError(f"model.temperature must be >= 0, got {self.temperature}")
+        try:
+            self.utc_checkpoints = [float(c) for c in self.utc_checkpoints]
+            utc_strides(self.utc_checkpoints)
+        except ValueError as e:
+            raise ConfigError(f"model.utc_checkpoints: {e}") from None
+        self.ar_embed_weights = tuple(float(w) for w in self.ar_embed_weights)  # type: ignore[assignment]
+        if len(self.ar_embed_weights) != 3:
+            raise ConfigError("model.ar_embed_weights must hold three weights (body, lhand, rhand)")
+        if "{text}" not in self.text_template:
+            raise ConfigError("model.text_template must contain {text}")

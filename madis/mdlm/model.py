@@ -1,0 +1,357 @@
+"""MaDiS's masked diffusion language model: tri-level losses (3.2), UTC fine-tuning (3.3.1),
+MoP embeddings (3.3.2) and multi-head decoding (4).
+
+The input is ``x = [y ; EOS ; z]``: L text tokens, the separator, N sign positions. The model has
+no t input (RADD, SPEC eq. 2): it predicts masked tokens from the unmasked ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache
+
+from madis.mdlm.backbone import DTYPES
+from madis.mdlm.base import Generation, SignLanguageModel, TextBatch, positions
+from madis.mdlm.config import ModelConfig
+from madis.mdlm.embedding import SignEmbedding
+from madis.mdlm.heads import LatentProjector, MultiPartHead
+from madis.mdlm.losses import diffusion_token_loss, latent_loss, physical_loss, sign_nll
+from madis.mdlm.masking import (
+    sample_mask_ratio,
+    uniform_mask,
+    utc_index_mask,
+    utc_stage_of_positions,
+)
+from madis.mdlm.sampling import truncate_at_eos, unmask
+from madis.motion.base import PARTS, get_format
+
+STAGES = ("pretrain", "finetune")
+FRAMES_PER_POSITION = 4
+
+
+class MaDiSModel(SignLanguageModel):
+    """Non-causal Qwen3 with MoP sign embeddings, three part heads and three latent MLPs.
+
+    Args:
+        cfg: the ``model`` section.
+        tokenizer: the trained ``DecoupledTokenizer`` (frozen): its codebooks seed the MoP
+            layer and are the latent targets, its decoders give the physical loss.
+        codebook_sizes, code_dims: instead of a tokenizer, for generation-only use.
+
+    Example::
+
+        model = MaDiSModel(cfg, tokenizer)
+        loss, metrics = model.loss(batch, stage="pretrain")
+        out = model.generate(["Guten Morgen"], ["dgs"], num_steps=25)
+    """
+
+    causal = False
+
+    def __init__(self, cfg: ModelConfig, tokenizer: Any = None, **kwargs: Any) -> None:
+        super().__init__(cfg, tokenizer, **kwargs)
+        codebooks = tokenizer.codebooks if tokenizer is not None else None
+        self.sign_embedding = SignEmbedding(cfg.embedding, self.vocab, self.d_model,
+                                            self.code_dims, codebooks, cfg.train_codebooks)
+        self.heads = MultiPartHead(self.d_model, self.codebook_sizes)
+        self.latent = LatentProjector(self.d_model, self.code_dims, cfg.latent_mlp_hidden)
+        self.to(DTYPES[cfg.dtype])
+
+    # ------------------------------------------------------------------ forward pieces
+    def attention_mask(self, text_valid: torch.Tensor, sign_valid: torch.Tensor) -> torch.Tensor:
+        """Keys each query may attend to. Full bidirectional attention gives the 2-D padding
+        mask ``[B, Lt + Ns]``; with ``text_attends_sign=False`` a 4-D boolean mask
+        ``[B, 1, S, S]`` (True = attend) keeps text queries on text keys."""
+        key_valid = torch.cat([text_valid, sign_valid], 1)
+        if self.cfg.text_attends_sign:
+            return key_valid
+        is_sign = torch.arange(key_valid.shape[1], device=key_valid.device) >= text_valid.shape[1]
+        allowed = is_sign[:, None] | ~is_sign[None, :]  # q, k
+        return key_valid[:, None, None, :] & allowed[None, None]
+
+    def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+               position_ids: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
+        """Last hidden states ``[B, S, d_model]`` of the backbone (after its final norm)."""
+        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                  position_ids=position_ids, cache=cache,
+                                  use_cache=cache is not None)
+        return out.last_hidden_state
+
+    def mop_gates(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """MoP gate weights ``[B, N, 3]`` of unmasked codes ``tokens [B, N, 3]`` (Figure 7);
+        None for ``simple_avg``."""
+        masked = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return self.sign_embedding(tokens.clamp(min=0), masked, self.embed_tokens())[1]
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: Mapping[str, Any], stage: str = "pretrain", *,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of one batch (paper 3.2 pretraining, 3.3 fine-tuning).
+
+        ``pretrain``: t ~ U(eps, 1], text (if ``mask_text``) and sign positions masked with
+        probability t; ``L_pre = w_tok L_token + w_lat L_latent + w_phys L_phys``.
+        ``finetune``: text never masked, sign masks from UTC's index masks;
+        ``L_ft = w_tok L_token + lambda (w_lat L_latent + w_phys L_phys)``.
+
+        Args:
+            batch: the data contract's dict: ``text`` list[str], ``lang`` list[str] (optional),
+                ``tokens`` ``[B, N', 3]`` (padding -1), ``token_mask`` ``[B, N']``, and for the
+                physical loss ``motion`` ``[B, T, D]`` (format units) with ``mask`` ``[B, T]``.
+            stage: ``pretrain`` or ``finetune``.
+            generator: for the mask ratios and masks (on the model's device).
+        Returns:
+            (scalar loss, metrics: detached scalars ``loss_token``, ``loss_latent``,
+            ``loss_physical``, ``mask_ratio``, ``acc_body``, and the mean MoP gates
+            ``gate_body``/``gate_lhand``/``gate_rhand`` over real positions).
+        Raises:
+            ValueError: unknown stage, malformed batch, or a latent/physical loss without a
+                tokenizer (or physical without motion).
+        """
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        cfg, vocab, dev = self.cfg, self.vocab, self.device
+        text = self.encode_texts(batch["text"], batch.get("lang"))
+        targets, n = self.sign_targets(batch["tokens"], batch["token_mask"])
+        bsz, num_pos = targets.shape[:2]
+        lt = text.ids.shape[1]
+        t = sample_mask_ratio(bsz, cfg.mask_eps, generator=generator, device=dev)
+        if stage == "pretrain":
+            sign_masked = uniform_mask(t, (bsz, num_pos), generator=generator)
+            not_sep = torch.arange(lt, device=dev)[None, :] < lt - 1
+            text_masked = uniform_mask(t, (bsz, lt), generator=generator) & text.valid & not_sep
+            if not cfg.mask_text:
+                text_masked = torch.zeros_like(text_masked)
+        else:
+            sign_masked = utc_index_mask(t, num_pos, cfg.utc_checkpoints, generator=generator)
+            text_masked = torch.zeros_like(text.valid)
+
+        embed = self.embed_tokens()
+        sign_emb, gates = self.sign_embedding(targets.clamp(min=0), sign_masked, embed)
+        x = torch.cat([embed(text.ids.masked_fill(text_masked, vocab.mask_id)), sign_emb], 1)
+        sign_valid = torch.ones(bsz, num_pos, dtype=torch.bool, device=dev)
+        h = self.hidden(x, self.attention_mask(text.valid, sign_valid), positions(text, num_pos))
+        h_text, h_sign = h[:, :lt], h[:, lt:]
+
+        # eq. 3: text positions through the (tied) LM head over the text vocabulary only
+        rt, ct = text_masked.nonzero(as_tuple=True)
+        text_logits = self.backbone.lm_head(h_text[rt, ct])[:, : vocab.text_size]
+        nll_text = F.cross_entropy(text_logits.float(), text.ids[rt, ct], reduction="none")
+        rs, cs = sign_masked.nonzero(as_tuple=True)
+        sign_logits = self.heads(h_sign[rs, cs])
+        nll = sign_nll(sign_logits, targets[rs, cs])
+        l_token = diffusion_token_loss(torch.cat([nll_text, nll]), torch.cat([rt, rs]), t,
+                                       (text.lengths + num_pos).float())
+
+        real = torch.arange(num_pos, device=dev)[None, :] < n[:, None]
+        masked_real = sign_masked & real
+        zero = h.sum() * 0.0
+        l_latent, l_phys = zero, zero
+        if cfg.latent_loss or cfg.physical_loss:
+            if self.tokenizer is None:
+                raise ValueError("latent/physical losses need the motion tokenizer: pass it to the "
+                                 "model or set model.latent_loss/physical_loss to false")
+            phi = self.latent(h_sign)  # 3 x [b, n, d_p]
+            true_rows = self._code_rows(targets)  # 3 x [b, n, d_p]
+            if cfg.latent_loss:
+                l_latent = latent_loss([f[masked_real] for f in phi],
+                                       [r[masked_real] for r in true_rows])
+            if cfg.physical_loss:
+                l_phys = self._physical(batch, phi, true_rows, masked_real, real)
+
+        if stage == "pretrain":
+            total = (cfg.token_weight * l_token + cfg.latent_weight * l_latent
+                     + cfg.physical_weight * l_phys)
+        else:
+            total = cfg.token_weight * l_token + cfg.finetune_lambda * (
+                cfg.latent_weight * l_latent + cfg.physical_weight * l_phys)
+
+        metrics = {
+            "loss": total.detach(),
+            "loss_token": l_token.detach(),
+            "loss_latent": l_latent.detach(),
+            "loss_physical": l_phys.detach(),
+            "mask_ratio": t.mean().detach(),
+            "acc_body": (sign_logits[0].argmax(-1) == targets[rs, cs, 0]).float().mean().detach()
+            if rs.numel() else zero.detach(),
+        }
+        if gates is not None and real.any():
+            g = gates[real].mean(0).detach()
+            metrics.update({f"gate_{p}": g[i] for i, p in enumerate(PARTS)})
+        return total, metrics
+
+    def _code_rows(self, targets: torch.Tensor) -> list[torch.Tensor]:
+        """Detached codebook rows ``C_p[z^p]`` ``[B, N, d_p]`` of the tokenizer (eq. 4 targets);
+        rows of [EOS]/[PAD] positions are arbitrary and must be masked by the caller."""
+        rows = []
+        for p, cb in enumerate(self.tokenizer.codebooks):
+            cb = cb.detach().to(self.device, torch.float32)
+            rows.append(cb[targets[..., p].clamp(0, cb.shape[0] - 1)])
+        return rows
+
+    def _physical(self, batch: Mapping[str, Any], phi: list[torch.Tensor],
+                  true_rows: list[torch.Tensor], masked_real: torch.Tensor,
+                  real: torch.Tensor) -> torch.Tensor:
+        """Eq. 5: decode ``phi_p(h_i)`` at masked positions and the true code rows elsewhere
+        through the frozen decoders; L1 on the frames of masked positions."""
+        if "motion" not in batch or "mask" not in batch:
+            raise ValueError("the physical loss needs batch['motion'] and batch['mask']")
+        tok = self.tokenizer
+        num_frames = FRAMES_PER_POSITION * self.cfg.num_positions
+        latents = [torch.where(masked_real[..., None], f.float(),
+                               torch.where(real[..., None], r, torch.zeros_like(r)))
+                   for f, r in zip(phi, true_rows)]
+        recon = tok.decode_latents(latents, normalized=True, token_mask=real)[:, :num_frames]
+        motion = batch["motion"].to(self.device, torch.float32)[:, :num_frames]
+        frame_ok = batch["mask"].to(self.device).bool()[:, :num_frames]
+        if motion.shape[1] < num_frames:
+            pad = num_frames - motion.shape[1]
+            motion = F.pad(motion, (0, 0, 0, pad))
+            frame_ok = F.pad(frame_ok, (0, pad))
+        target = tok.normalize(motion)
+        frames = masked_real.repeat_interleave(FRAMES_PER_POSITION, dim=1) & frame_ok
+        fmt = tok.motion_format
+        fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+        return physical_loss(recon, target, frames, fmt.part_index)
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, texts: list[str], langs: list[str] | None = None, *,
+                 num_steps: int | None = None, sampler: str | None = None,
+                 temperature: float | None = None, generator: torch.Generator | None = None,
+                 logits_masked_only: bool | None = None, text_kv_cache: bool | None = None,
+                 drop_after_eos: bool | None = None, stage_kv_cache: bool | None = None,
+                 return_gates: bool = False, record: bool = False) -> Generation:
+        """Text -> sign tokens by the reverse process (SPEC eq. 2) with UTC or vanilla
+        unmasking; multi-head decoding; everything from the first [EOS] on is discarded.
+
+        Unset keyword arguments take the config's decoding defaults (``sampler``,
+        ``num_steps`` K, ``temperature``, and the speed-up switches, see
+        :class:`~madis.mdlm.config.ModelConfig`).
+
+        Returns:
+            :class:`~madis.mdlm.base.Generation` (tokens ``[B, N, 3]``, lengths ``[B]``).
+        Raises:
+            ValueError: unknown sampler, or fewer steps than UTC stages.
+        """
+        cfg = self.cfg
+        sampler = sampler or cfg.sampler
+        if sampler not in ("utc", "vanilla"):
+            raise ValueError(f"sampler must be utc or vanilla, got {sampler!r}")
+        opts = _DecodeOptions(
+            logits_masked_only=_pick(logits_masked_only, cfg.logits_masked_only),
+            text_kv_cache=_pick(text_kv_cache, cfg.text_kv_cache) and not cfg.text_attends_sign,
+            drop_after_eos=_pick(drop_after_eos, cfg.drop_after_eos),
+            stage_kv_cache=_pick(stage_kv_cache, cfg.stage_kv_cache),
+        )
+        checkpoints = cfg.utc_checkpoints if sampler == "utc" else []
+        was_training = self.training
+        self.eval()
+        try:
+            text = self.encode_texts(texts, langs)
+            dec = _StepDecoder(self, text, checkpoints, opts)
+            out = unmask(
+                dec.predict, len(texts), cfg.num_positions, num_steps or cfg.num_steps,
+                checkpoints, body_classes=self.vocab.body_classes,
+                temperature=cfg.temperature if temperature is None else temperature,
+                generator=generator, drop_after_eos=opts.drop_after_eos, device=self.device,
+                on_stage_start=dec.stage_start if opts.stage_kv_cache else None, record=record)
+            codes, lengths = truncate_at_eos(out.tokens, self.codebook_sizes[0])
+            gates = self.mop_gates(codes) if return_gates else None
+        finally:
+            self.train(was_training)
+        return Generation(codes, lengths, gates, out.trace)
+
+
+def _pick(value: bool | None, default: bool) -> bool:
+    return default if value is None else bool(value)
+
+
+@dataclass
+class _DecodeOptions:
+    logits_masked_only: bool
+    text_kv_cache: bool
+    drop_after_eos: bool
+    stage_kv_cache: bool
+
+
+class _StepDecoder:
+    """The model side of one ``generate`` call: the sampler's ``predict`` with the speed-ups.
+
+    Holds the text embeddings (text is never masked at inference), the exact text-prefix
+    key/value cache when text attends only to text, and the approximate per-stage cache.
+    """
+
+    def __init__(self, model: MaDiSModel, text: TextBatch, checkpoints: list[float],
+                 opts: _DecodeOptions) -> None:
+        self.m, self.text, self.opts = model, text, opts
+        self.num_pos = model.cfg.num_positions
+        self.lt = text.ids.shape[1]
+        self.embed = model.embed_tokens()
+        self.text_emb = self.embed(text.ids)
+        self.pos = positions(text, self.num_pos)
+        self.stage_of = utc_stage_of_positions(self.num_pos, checkpoints, text.ids.device)
+        self.eos = model.vocab.eos_class
+        self.text_cache: DynamicCache | None = None
+        self.stage_cache: DynamicCache | None = None
+        if opts.text_kv_cache:
+            self.text_cache = DynamicCache(config=model.backbone.config)
+            model.hidden(self.text_emb, text.valid, self.pos[:, : self.lt], self.text_cache)
+
+    def alive(self, tokens: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Sign positions still in the computation ``[B, N]``: all, or with ``drop_after_eos``
+        those up to the first committed [EOS]/[PAD]."""
+        pos = torch.arange(self.num_pos, device=tokens.device)
+        if not self.opts.drop_after_eos:
+            return torch.ones_like(masked)
+        ended = ~masked & (tokens[..., 0] >= self.eos)
+        first = torch.where(ended, pos, self.num_pos).min(1).values
+        return pos[None, :] <= first[:, None]
+
+    def stage_start(self, stage: int, tokens: torch.Tensor, masked: torch.Tensor) -> None:
+        """Full forward over every position; keep the keys/values of all positions outside
+        this stage (text, earlier stages' tokens, later stages' [M]) for the stage's steps."""
+        m = self.m
+        alive = self.alive(tokens, masked)
+        sign_emb, _ = m.sign_embedding(tokens, masked, self.embed)
+        full = DynamicCache(config=m.backbone.config)
+        x = torch.cat([self.text_emb, sign_emb], 1)
+        m.hidden(x, m.attention_mask(self.text.valid, alive), self.pos, full)
+        self.active = (self.stage_of == stage).nonzero()[:, 0]
+        keep = torch.cat([torch.arange(self.lt, device=x.device),
+                          self.lt + (self.stage_of != stage).nonzero()[:, 0]])
+        self.other = keep[self.lt:] - self.lt
+        self.stage_cache = DynamicCache(config=m.backbone.config)
+        for i, layer in enumerate(full.layers):
+            self.stage_cache.update(layer.keys[:, :, keep], layer.values[:, :, keep], i)
+
+    def predict(self, tokens: torch.Tensor, masked: torch.Tensor,
+                query: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        m, lt = self.m, self.lt
+        alive = self.alive(tokens, masked)
+        if self.stage_cache is not None:
+            a = self.active
+            emb, _ = m.sign_embedding(tokens[:, a], masked[:, a], self.embed)
+            attn = torch.cat([self.text.valid, alive[:, self.other], alive[:, a]], 1)
+            h_a = m.hidden(emb, attn, self.pos[:, lt + a], self.stage_cache)
+            self.stage_cache.crop(-len(a))
+            h = h_a.new_zeros(h_a.shape[0], self.num_pos, h_a.shape[-1])
+            h[:, a] = h_a
+        else:
+            # with drop_after_eos the sequence ends at the last row's first [EOS]
+            ns = int(alive.sum(1).max())
+            emb, _ = m.sign_embedding(tokens[:, :ns], masked[:, :ns], self.embed)
+            if self.text_cache is not None:
+                attn = torch.cat([self.text.valid, alive[:, :ns]], 1)
+                h = m.hidden(emb, attn, self.pos[:, lt: lt + ns], self.text_cache)
+                self.text_cache.crop(-ns)
+            else:
+                x = torch.cat([self.text_emb, emb], 1)
+                h = m.hidden(x, m.attention_mask(self.text.valid, alive[:, :ns]),
+                             self.pos[:, : lt + ns])[:, lt:]
+            query = query[:, :ns]
+        if self.opts.logits_masked_only:
+            return m.heads(h[query])
+        return tuple(lg[query] for lg in m.heads(h))

@@ -1,0 +1,209 @@
+"""Reverse process samplers (SPEC eq. 2, 6, 7): vanilla confidence-based unmasking and UTC.
+
+Both are one loop, :func:`unmask`: vanilla unmasking is UTC with no checkpoints (a single stage
+holding every position). The loop is model-agnostic: it calls ``predict`` for the logits of the
+positions it is about to decide, so the same code serves the MDLM, tests with scripted
+predictors and any future backbone.
+
+Sign positions are held as ``tokens [B, N, 3]`` in head space: column 0 is the body head's class
+(``0..K_B-1`` codes, ``K_B`` = ``[EOS]``, ``K_B+1`` = ``[PAD]``), columns 1-2 the hand codes;
+``masked [B, N]`` says which positions are still ``[M]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from madis.mdlm.masking import utc_stage_of_positions
+
+#: predict(tokens [B,N,3], masked [B,N], query [B,N]) -> three logits tensors [Q, C_p], one row per
+#: True entry of ``query`` in row-major order (``query.nonzero()``), parts (body, lhand, rhand).
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+
+
+def llada_schedule(num_tokens: int, num_steps: int) -> list[int]:
+    """Tokens unmasked per step (LLaDA ``get_num_transfer_tokens``): ``n // K`` each, the
+    remainder one by one to the first steps. ``llada_schedule(25, 6) == [5, 4, 4, 4, 4, 4]``.
+
+    Raises:
+        ValueError: ``num_steps < 1`` or ``num_tokens < 0``.
+    """
+    if num_steps < 1 or num_tokens < 0:
+        raise ValueError(f"need num_steps >= 1 and num_tokens >= 0, got {num_steps}, {num_tokens}")
+    base, rem = divmod(num_tokens, num_steps)
+    return [base + (1 if j < rem else 0) for j in range(num_steps)]
+
+
+def split_steps(stage_sizes: Sequence[int], num_steps: int) -> list[int]:
+    """Share K steps among UTC stages in proportion to their token counts (largest remainder,
+    at least one step per stage). ``split_steps([25, 25, 50], 25) == [6, 6, 13]``.
+
+    Raises:
+        ValueError: fewer steps than stages.
+    """
+    n_stages = len(stage_sizes)
+    if num_steps < n_stages:
+        raise ValueError(f"{num_steps} steps cannot cover {n_stages} UTC stages")
+    total = sum(stage_sizes)
+    exact = [num_steps * n / total for n in stage_sizes]
+    steps = [max(1, math.floor(e)) for e in exact]
+    # hand out (or take back) steps by largest (smallest) fractional remainder, stable by index
+    while sum(steps) < num_steps:
+        j = max(range(n_stages), key=lambda s: (exact[s] - steps[s], -s))
+        steps[j] += 1
+    while sum(steps) > num_steps:
+        j = min((s for s in range(n_stages) if steps[s] > 1), key=lambda s: (exact[s] - steps[s], s))
+        steps[j] -= 1
+    return steps
+
+
+def stage_sizes(num_positions: int, checkpoints: Sequence[float]) -> list[int]:
+    """Positions per UTC stage: ``stage_sizes(100, [0.75, 0.5]) == [25, 25, 50]``."""
+    stage = utc_stage_of_positions(num_positions, checkpoints)
+    return [int((stage == k).sum()) for k in range(len(checkpoints) + 1)]
+
+
+def utc_schedule(num_positions: int, num_steps: int,
+                 checkpoints: Sequence[float]) -> list[list[int]]:
+    """Tokens per step, per stage: K split by :func:`split_steps`, each stage's tokens by
+    :func:`llada_schedule`. With no checkpoints this is the vanilla schedule (one stage)."""
+    sizes = stage_sizes(num_positions, checkpoints)
+    return [llada_schedule(n, k) for n, k in zip(sizes, split_steps(sizes, num_steps))]
+
+
+def _orders(counts: Sequence[int]) -> int:
+    n = sum(counts)
+    out = math.factorial(n)
+    for k in counts:
+        out //= math.factorial(k)
+    return out
+
+
+def num_orders_vanilla(num_positions: int, num_steps: int) -> int:
+    """Eq. 6: ``N! / prod_j k_j!`` unmasking orders of vanilla unmasking with LLaDA's schedule
+    (about 10^123.5 for N=100, K=25). Exact Python integer."""
+    return _orders(llada_schedule(num_positions, num_steps))
+
+
+def num_orders_utc(num_positions: int, num_steps: int,
+                   checkpoints: Sequence[float] = (0.75, 0.5)) -> int:
+    """Eq. 7: ``prod_stages n_s! / prod_{j in s} k_j!`` for UTC's schedule. Exact integer."""
+    out = 1
+    for counts in utc_schedule(num_positions, num_steps, checkpoints):
+        out *= _orders(counts)
+    return out
+
+
+@dataclass
+class SamplerOutput:
+    """Result of :func:`unmask`.
+
+    Attributes:
+        tokens: ``[B, N, 3]`` head-space tokens, every position decided.
+        trace: masked-state ``[B, N]`` after every step when ``record=True`` (else empty).
+    """
+
+    tokens: torch.Tensor
+    trace: list[torch.Tensor]
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float,
+            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one class per row: greedy, or Gumbel-max at ``temperature`` (a sample of
+    softmax(logits / temperature), as LLaDA's ``add_gumbel_noise``). Returns the class and its
+    log-probability under the un-noised model (the confidence, LLaDA low_confidence)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    if temperature > 0:
+        u = torch.rand(logp.shape, generator=generator, device=logp.device).clamp_(1e-20, 1.0)
+        choice = (logp + temperature * -torch.log(-torch.log(u))).argmax(-1)
+    else:
+        choice = logp.argmax(-1)
+    return choice, logp.gather(-1, choice[:, None])[:, 0]
+
+
+def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: int,
+           checkpoints: Sequence[float], *, body_classes: int, temperature: float = 0.0,
+           generator: torch.Generator | None = None, drop_after_eos: bool = False,
+           device: torch.device | str | None = None,
+           on_stage_start: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           record: bool = False) -> SamplerOutput:
+    """Confidence-based unmasking with temporal checkpoints (paper 3.3.1; LLaDA's
+    ``generate`` with ``remasking='low_confidence'``).
+
+    Starts from all N positions masked. Stage k (see :func:`utc_stage_of_positions`) gets its
+    share of the K steps; at each step the still-masked positions of the current stage are
+    predicted, each takes its greedy or Gumbel choice per part, and the ``k_j`` with the highest
+    confidence -- the mean over the three parts of the chosen tokens' log-probabilities (SPEC)
+    -- are committed. Committed positions never change (eq. 2). ``checkpoints=[]`` is vanilla
+    unmasking.
+
+    Args:
+        predict: see :data:`Predictor`.
+        body_classes: K_B + 2 (codes, ``[EOS]``, ``[PAD]``).
+        drop_after_eos: after a step commits ``[EOS]``/``[PAD]`` at position e, every position
+            after e is committed as ``[PAD]`` (output-changing speed-up).
+        on_stage_start: called as ``(stage, tokens, masked)`` before each stage's first step.
+        record: keep the masked state after every step in ``trace``.
+    Returns:
+        :class:`SamplerOutput`; tokens of positions after the first ``[EOS]`` are meaningless,
+        use :func:`truncate_at_eos`.
+    """
+    eos = body_classes - 2
+    stage_of = utc_stage_of_positions(num_positions, checkpoints, device)  # n
+    tokens = torch.zeros(batch_size, num_positions, 3, dtype=torch.long, device=device)
+    masked = torch.ones(batch_size, num_positions, dtype=torch.bool, device=device)
+    pos = torch.arange(num_positions, device=device)
+    trace: list[torch.Tensor] = []
+    for stage, counts in enumerate(utc_schedule(num_positions, num_steps, checkpoints)):
+        in_stage = (stage_of == stage)[None, :]  # 1, n
+        if on_stage_start is not None:
+            on_stage_start(stage, tokens, masked)
+        for k in counts:
+            query = masked & in_stage  # b, n
+            if k == 0 or not query.any():
+                if record:
+                    trace.append(masked.clone())
+                continue
+            logits = predict(tokens, masked, query)
+            picks = [pick_tokens(lg, temperature, generator) for lg in logits]
+            choice = torch.stack([c for c, _ in picks], -1)  # q, 3
+            conf_q = torch.stack([lp for _, lp in picks], -1).mean(-1)  # q
+            conf = torch.full(masked.shape, -math.inf, device=masked.device)
+            conf[query] = conf_q
+            proposal = tokens.clone()
+            proposal[query] = choice
+            top = conf.topk(min(k, num_positions), dim=1)  # b, k
+            commit = torch.zeros_like(masked)
+            commit.scatter_(1, top.indices, top.values > -math.inf)
+            tokens = torch.where(commit[..., None], proposal, tokens)
+            masked = masked & ~commit
+            if drop_after_eos:
+                ended = (~masked) & (tokens[..., 0] >= eos)  # b, n
+                first = torch.where(ended, pos, num_positions).min(1).values  # b
+                after = pos[None, :] > first[:, None]
+                tokens[..., 0] = torch.where(after, eos + 1, tokens[..., 0])
+                masked = masked & ~after
+            if record:
+                trace.append(masked.clone())
+    return SamplerOutput(tokens, trace)
+
+
+def truncate_at_eos(tokens: torch.Tensor, body_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Discard everything from the first ``[EOS]`` (or ``[PAD]``) on (paper 4, LLaDA).
+
+    Args:
+        tokens: ``[B, N, 3]`` head-space tokens; body classes >= ``body_codes`` are special.
+    Returns:
+        (codes ``[B, N, 3]`` int64 with -1 from the first special position on,
+        lengths ``[B]`` int64 = number of sign positions kept).
+    """
+    n = tokens.shape[1]
+    pos = torch.arange(n, device=tokens.device)
+    special = tokens[..., 0] >= body_codes
+    lengths = torch.where(special, pos, n).min(1).values
+    keep = pos[None, :] < lengths[:, None]
+    return torch.where(keep[..., None], tokens, torch.full_like(tokens, -1)), lengths
