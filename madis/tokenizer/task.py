@@ -1,0 +1,115 @@
+"""The tokenizer as a :class:`madis.train.Task`: train the part VQ-VAEs on motion shards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from madis.config import to_dict
+from madis.motion import PARTS
+from madis.tokenizer.config import TokenizerConfig
+from madis.tokenizer.decoupled import DecoupledTokenizer
+from madis.train.task import Task
+
+
+@dataclass
+class TokenizerTask(Task):
+    """Reconstruction training of :class:`DecoupledTokenizer` on a shard root.
+
+    Build it with :meth:`from_shards`, which reads the motion format, the z-score statistics
+    and the split sizes from the manifest.
+
+    Attributes:
+        config: tokenizer sizes.
+        shards: shard root (local dir or ``s3://...``).
+        motion_format, mean, std: from the manifest.
+        train_samples: samples in the train split (for steps per epoch).
+        val_batches: batches per rank used by :meth:`evaluate` (0: the whole val split).
+        shuffle_buffer: the reader's shuffle buffer (``data.shuffle_buffer``).
+    """
+
+    name = "tokenizer"
+    config: TokenizerConfig
+    shards: str
+    motion_format: str
+    mean: list[float]
+    std: list[float]
+    train_samples: int = 0
+    val_batches: int = 0
+    shuffle_buffer: int = 256
+    splits: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_shards(cls, config: TokenizerConfig, shards: str, **kw) -> "TokenizerTask":
+        """A task for the shard root ``shards``.
+
+        Raises:
+            FileNotFoundError / StorageError: no manifest there.
+        """
+        from madis.data.shards import read_manifest
+
+        if "://" not in str(shards):  # workers run elsewhere: a relative path would not resolve
+            shards = str(Path(shards).resolve())
+        m = read_manifest(shards)
+        splits = {k: int(v["samples"]) for k, v in m["splits"].items()}
+        return cls(config=config, shards=str(shards), motion_format=m["format"],
+                   mean=list(m["stats"]["mean"]), std=list(m["stats"]["std"]),
+                   train_samples=splits.get("train", 0), splits=splits, **kw)
+
+    def build_model(self) -> DecoupledTokenizer:
+        return DecoupledTokenizer(self.config, self.motion_format, self.mean, self.std)
+
+    def batches(self, *, rank, world_size, epoch, seed, batch_size):
+        from madis.data.shards import iter_batches
+
+        return iter_batches(self.shards, "train", batch_size, rank=rank, world_size=world_size,
+                            seed=seed, epoch=epoch, shuffle=True,
+                            shuffle_buffer=self.shuffle_buffer)
+
+    def loss(self, model, batch):
+        out = model(batch["motion"], batch["mask"], batch["valid"])
+        metrics: dict[str, Any] = {"recon_loss": out.recon_loss.detach(),
+                                   "commit_loss": out.commit_loss.detach()}
+        for j, p in enumerate(PARTS):
+            metrics[f"perplexity_{p}"] = out.perplexity[j]
+            metrics[f"codes_used_{p}"] = out.used[j]
+        return out.loss, metrics
+
+    def steps_per_epoch(self, *, world_size, batch_size):
+        if not self.train_samples:
+            return None
+        return math.ceil(self.train_samples / world_size / batch_size)
+
+    def evaluate(self, model, *, rank, world_size):
+        """Mean val reconstruction loss (z-scored SmoothL1) of this rank's val batches."""
+        from madis.data.shards import iter_batches
+
+        if not self.splits.get("val"):
+            return {}
+        device = next(model.parameters()).device
+        total, n = 0.0, 0
+        for i, batch in enumerate(iter_batches(self.shards, "val", 16, rank=rank,
+                                               world_size=world_size, shuffle=False)):
+            if self.val_batches and i >= self.val_batches:
+                break
+            out = model(batch["motion"].to(device), batch["mask"].to(device),
+                        batch["valid"].to(device))
+            total += float(out.recon_loss)
+            n += 1
+        return {"recon_loss": total / n} if n else {}
+
+    def export(self, model, directory):
+        model.save_pretrained(directory)
+
+    def describe(self):
+        return {"name": self.name, "tokenizer": to_dict(self.config), "shards": self.shards,
+                "motion_format": self.motion_format, "splits": self.splits}
+
+    @staticmethod
+    def load(export_dir: str, map_location: str | torch.device = "cpu") -> DecoupledTokenizer:
+        """The trained tokenizer from a checkpoint's ``export`` directory (no DeepSpeed/Ray)."""
+        return DecoupledTokenizer.from_pretrained(export_dir, map_location)

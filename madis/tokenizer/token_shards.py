@@ -1,0 +1,81 @@
+"""Token shards: every split of a motion shard set, with ``<key>.tokens.npy`` added."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any, Iterator
+
+import torch
+
+from madis.tokenizer.config import FRAMES_PER_TOKEN
+from madis.tokenizer.decoupled import DecoupledTokenizer
+
+_BASE_FIELDS = ("text", "lang", "fps", "source", "composed")
+
+
+def _tokenized(tokenizer: DecoupledTokenizer, src: str, split: str, batch_size: int,
+               manifest: dict) -> Iterator:
+    from madis.data.shards import Sample, collate, iter_samples
+
+    def flush(group):
+        batch = collate(group)
+        device = tokenizer.mean.device
+        tokens = tokenizer.encode(batch["motion"].to(device), batch["mask"].to(device)).cpu()
+        for b, s in enumerate(group):
+            meta = dict(s["meta"])
+            n = len(s["motion"]) // FRAMES_PER_TOKEN
+            yield Sample(key=s["key"], text=meta["text"], lang=meta["lang"], fps=meta["fps"],
+                         source=meta["source"], composed=bool(meta.get("composed", False)),
+                         meta={k: v for k, v in meta.items() if k not in _BASE_FIELDS},
+                         motion=s["motion"], valid=s["valid"],
+                         tokens=tokens[b, :n].numpy().astype("int16"))
+
+    group: list[dict] = []
+    for s in iter_samples(src, split, shuffle=False, manifest=manifest):
+        group.append(s)
+        if len(group) == batch_size:
+            yield from flush(group)
+            group = []
+    if group:
+        yield from flush(group)
+
+
+@torch.no_grad()
+def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
+                       batch_size: int = 32, extra: dict[str, Any] | None = None) -> dict:
+    """Encode every split of the motion shards at ``src`` and write token shards to ``out``.
+
+    The output has the source's layout and manifest (same keys, texts, motion, validity, stats,
+    provenance and licence) plus ``<key>.tokens.npy`` ``[T/4, 3]`` int16 per sample and
+    ``"tokens": true``; ``extra`` is merged into the manifest (e.g. the tokenizer checkpoint).
+    ``out`` is a local directory or ``s3://...`` (written locally, then uploaded).
+
+    Returns:
+        The written manifest.
+
+    Raises:
+        ValueError: the tokenizer's motion format differs from the shards'.
+    """
+    from madis.data import storage
+    from madis.data.shards import read_manifest, write_shards
+
+    manifest = read_manifest(src)
+    if manifest["format"] != tokenizer.motion_format:
+        raise ValueError(f"{src} holds {manifest['format']!r} motion but the tokenizer was "
+                         f"trained on {tokenizer.motion_format!r}")
+    tokenizer.eval()
+    info = {"tokenizer": {"codebook_sizes": list(tokenizer.codebook_sizes),
+                          "frames_per_token": FRAMES_PER_TOKEN}, "source_shards": str(src)}
+    info.update(extra or {})
+    with tempfile.TemporaryDirectory(prefix="madis-tokens-") as tmp:
+        local = tmp if storage.is_s3(out) else str(storage.local_path(out))
+        written = write_shards(
+            local,
+            {split: _tokenized(tokenizer, src, split, batch_size, manifest)
+             for split in manifest["splits"]},
+            motion_format=manifest["format"], fps=manifest["fps"],
+            provenance=manifest.get("provenance"), licence=manifest.get("licence"),
+            extra=info)
+        if storage.is_s3(out):
+            storage.upload_dir(local, out)
+    return written

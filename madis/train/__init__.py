@@ -1,0 +1,27 @@
+"""The one training loop every job shares (Ray Train workers driving a DeepSpeed engine).
+
+Ray-free pieces (``TrainConfig``, ``Task``, the checkpoint readers) import eagerly, so model
+packages can implement a :class:`Task` without importing Ray; ``fit`` and the worker function
+load Ray on first use.
+"""
+
+from madis.train.checkpoints import (
+    CheckpointInfo, latest_checkpoint, list_checkpoints, read_metadata,
+)
+from madis.train.config import TrainConfig, train_config
+from madis.train.task import Task
+
+_LAZY = {"fit", "FitResult", "NonFiniteLossError", "TrainState", "train_worker",
+         "deepspeed_config", "total_steps", "run_url"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from madis.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'madis.train' has no attribute {name!r}")
+
+
+__all__ = sorted({"CheckpointInfo", "Task", "TrainConfig", "latest_checkpoint",
+                  "list_checkpoints", "read_metadata", "train_config"} | _LAZY)

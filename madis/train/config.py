@@ -1,0 +1,101 @@
+"""``TrainConfig``: how the shared loop trains (section ``train``, per job ``train_<job>``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from madis.config import ConfigError, from_dict
+
+
+@dataclass
+class TrainConfig:
+    """Settings of the one training loop (Ray Train workers running a DeepSpeed engine).
+
+    Every job reads section ``train`` and then its own section ``train_<job>`` (e.g.
+    ``train_tokenizer``, ``train_pretrain``, ``train_finetune``, ``train_siclip``) whose fields
+    override it: see :func:`train_config`.
+
+    Attributes:
+        run_name: the run's directory under ``storage_path``; a re-submitted job with the same
+            name resumes from its latest checkpoint.
+        storage_path: local directory or ``s3://bucket/prefix`` (endpoint from
+            ``AWS_ENDPOINT_URL``) that holds ``{run_name}/checkpoint_<step>/``.
+        workers: Ray Train workers (data-parallel ranks).
+        cpus_per_worker: CPUs Ray reserves per worker.
+        use_gpu: one GPU per worker, NCCL; otherwise CPU and gloo.
+        zero_stage: DeepSpeed ZeRO stage, 0..3.
+        bf16: bf16 mixed precision (DeepSpeed ``bf16.enabled``); meant for GPUs.
+        lr: peak learning rate of AdamW.
+        weight_decay, betas: AdamW's.
+        warmup_steps: linear warm-up before the cosine decay (to 0 at the last step).
+        steps: optimizer steps of the whole run; 0 means ``epochs`` x the task's steps per epoch.
+        epochs: used when ``steps`` is 0.
+        batch_size: samples per worker per step (DeepSpeed ``train_micro_batch_size_per_gpu``).
+        grad_clip: global gradient-norm clip (0 disables).
+        checkpoint_every: a checkpoint every this many steps (0: only the final one).
+        keep_checkpoints: newest checkpoints kept in storage (0 keeps all).
+        log_every: TensorBoard scalars and progress-bar update every this many steps.
+        max_failures: worker-group restarts from the latest checkpoint before the run fails.
+        max_bad_steps: consecutive non-finite losses (each batch skipped) that stop the run.
+        seed: seeds model init, per-step randomness and the batch order.
+        log_dir: local TensorBoard root; events go to ``{log_dir}/{run_name}`` and are copied
+            to ``{storage_path}/{run_name}/tensorboard`` at every checkpoint.
+        progress: show a tqdm progress bar on rank 0.
+    """
+
+    run_name: str = "run"
+    storage_path: str = "storage"
+    workers: int = 2
+    cpus_per_worker: int = 1
+    use_gpu: bool = False
+    zero_stage: int = 2
+    bf16: bool = False
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    steps: int = 0
+    epochs: int = 1
+    batch_size: int = 8
+    grad_clip: float = 1.0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    max_failures: int = 2
+    max_bad_steps: int = 5
+    seed: int = 0
+    log_dir: str = "runs"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        for name in ("workers", "cpus_per_worker", "batch_size", "log_every", "max_bad_steps"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "epochs", "warmup_steps", "checkpoint_every", "keep_checkpoints",
+                     "max_failures"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.steps == 0 and self.epochs == 0:
+            raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
+        if not self.run_name or "/" in self.run_name:
+            raise ConfigError(f"train.run_name must be a non-empty name without '/', "
+                              f"got {self.run_name!r}")
+
+
+def train_config(tree: Mapping[str, Any], job: str | None = None) -> TrainConfig:
+    """Section ``train`` of a loaded config tree, overridden field by field by ``train_<job>``.
+
+    Raises:
+        ConfigError: an unknown field or a bad value in either section.
+    """
+    merged = dict(tree.get("train") or {})
+    where = "train"
+    if job:
+        merged.update(tree.get(f"train_{job}") or {})
+        where = f"train/train_{job}"
+    return from_dict(TrainConfig, merged, where)

@@ -1,0 +1,483 @@
+"""The one training loop: a Ray Train worker function that drives a DeepSpeed engine for a Task.
+
+``fit(task, train_cfg)`` starts a ``TorchTrainer`` with ``train_cfg.workers`` workers; each worker
+runs :func:`train_worker`: builds the task's model, wraps it in a DeepSpeed engine (ZeRO stage
+from the config; gloo on CPU, NCCL + optional bf16 on GPU; ``torch.optim.AdamW`` with a cosine
+schedule and linear warm-up), restores the latest checkpoint if Ray hands one over, and trains
+until ``total_steps`` optimizer steps.
+
+Position and determinism. The loop counts optimizer steps, the epoch, and the batches consumed
+in the current epoch. A task's batches are deterministic per (seed, epoch, rank), so a resumed
+worker re-creates the epoch's iterator and skips what was consumed; per-step randomness is seeded
+from (seed, step, rank). A resumed run therefore reaches the same step count on the same data
+as an uninterrupted one.
+
+Non-finite losses. A batch whose loss is NaN/inf on any rank is skipped on every rank (no
+backward, no step) and counted; ``max_bad_steps`` in a row end the run without a new
+checkpoint, and :func:`fit` raises :class:`NonFiniteLossError` naming the last good one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from madis.config import ConfigError, to_dict
+from madis.train.checkpoints import (
+    COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, METADATA, TRAIN_STATE, CheckpointInfo,
+    checkpoint_dir_name, latest_checkpoint,
+)
+from madis.train.config import TrainConfig
+from madis.train.task import Task, skip, to_device
+
+#: environment passed from the driver to the workers (S3 endpoint and credentials)
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after ``max_bad_steps`` consecutive NaN/inf losses.
+
+    Attributes:
+        last_checkpoint: the newest complete checkpoint (kept), or ``None``.
+    """
+
+    def __init__(self, message: str, last_checkpoint: CheckpointInfo | None) -> None:
+        super().__init__(message)
+        self.last_checkpoint = last_checkpoint
+
+
+@dataclass
+class TrainState:
+    """Where the loop is; saved in every checkpoint as ``train_state.json``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples: int = 0
+    skipped_batches: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        checkpoint: the final complete checkpoint.
+        metrics: the last reported metrics (rank 0).
+        run_url: ``{storage_path}/{run_name}``.
+    """
+
+    checkpoint: CheckpointInfo
+    metrics: dict[str, Any] = field(default_factory=dict)
+    run_url: str = ""
+
+
+# -- helpers used inside the workers ------------------------------------------------------------
+
+def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The DeepSpeed config for one worker's engine."""
+    return {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": bool(cfg.bf16)},
+        # a plain torch AdamW avoids compiling DeepSpeed's fused/CPU Adam (STACK-NOTES)
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def total_steps(cfg: TrainConfig, task: Task, world_size: int) -> int:
+    """Optimizer steps of the run: ``cfg.steps``, else epochs x the task's steps per epoch.
+
+    Raises:
+        ConfigError: ``steps`` is 0 and the task cannot tell its steps per epoch.
+    """
+    if cfg.steps > 0:
+        return cfg.steps
+    per_epoch = task.steps_per_epoch(world_size=world_size, batch_size=cfg.batch_size)
+    if not per_epoch:
+        raise ConfigError(f"train.steps is 0 and task {task.name!r} does not know its steps "
+                          f"per epoch: set train.steps")
+    return cfg.epochs * per_epoch
+
+
+def _dist():
+    return torch.distributed
+
+
+def _all_min(flag: bool, device) -> bool:
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    _dist().all_reduce(t, op=_dist().ReduceOp.MIN)
+    return bool(t.item() > 0)
+
+
+def _all_mean(values: dict[str, float], device) -> dict[str, float]:
+    if not values:
+        return {}
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
+    _dist().all_reduce(t)
+    t /= _dist().get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def _grad_norm(engine) -> float:
+    norm = engine.get_global_grad_norm()
+    if norm is None:  # ZeRO stage 0 with a torch optimizer caches none: grads are reduced here
+        grads = [p.grad.detach().float() for p in engine.module.parameters() if p.grad is not None]
+        if not grads:
+            return float("nan")
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return float(norm)
+
+
+def _scalar(v) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+def _export_module(engine, cfg: TrainConfig, task: Task, directory: str, rank: int) -> None:
+    """Rank 0 exports full weights; under ZeRO-3 every rank first gathers its partitions."""
+    import deepspeed
+
+    module = engine.module
+    was_training = module.training
+    module.eval()
+    if cfg.zero_stage == 3:
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            if rank == 0:
+                task.export(module, directory)
+    elif rank == 0:
+        task.export(module, directory)
+    module.train(was_training)
+
+
+def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict[str, float],
+          rank: int, writer_dir: str | None) -> None:
+    """Write this rank's part of a checkpoint, report it to Ray, then mark it COMPLETE."""
+    import ray.train
+
+    local = tempfile.mkdtemp(prefix=f"madis-ckpt-r{rank}-")
+    try:
+        engine.save_checkpoint(os.path.join(local, DEEPSPEED_DIR), tag=f"step{state.step}",
+                               client_state={"train_state": to_dict(state)})
+        export = os.path.join(local, EXPORT_DIR)
+        _export_module(engine, cfg, task, export, rank)
+        if rank == 0:
+            meta = {"step": state.step, "epoch": state.epoch, "run_name": cfg.run_name,
+                    "task": task.describe(), "train": to_dict(cfg), "metrics": metrics,
+                    "time": time.time()}
+            with open(os.path.join(export, METADATA), "w") as f:
+                json.dump(meta, f, indent=2)
+            with open(os.path.join(local, TRAIN_STATE), "w") as f:
+                json.dump(to_dict(state), f)
+        ray.train.report({**metrics, "step": state.step, "epoch": state.epoch},
+                         checkpoint=ray.train.Checkpoint.from_directory(local),
+                         checkpoint_dir_name=checkpoint_dir_name(state.step))
+        # every rank's synchronous upload has returned once all ranks pass this barrier
+        _dist().barrier()
+        if rank == 0:
+            persisted = ray.train.get_checkpoint()
+            _mark_complete(persisted, state, metrics)
+            if writer_dir:
+                _upload_tensorboard(persisted, writer_dir)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _mark_complete(checkpoint, state: TrainState, metrics: dict[str, float]) -> None:
+    body = json.dumps({"step": state.step, "epoch": state.epoch, "metrics": metrics})
+    with checkpoint.filesystem.open_output_stream(f"{checkpoint.path}/{COMPLETE}") as f:
+        f.write(body.encode())
+
+
+def _upload_tensorboard(checkpoint, writer_dir: str) -> None:
+    import pyarrow.fs
+
+    dest = f"{checkpoint.path.rstrip('/').rsplit('/', 1)[0]}/tensorboard"
+    checkpoint.filesystem.create_dir(dest, recursive=True)
+    pyarrow.fs.copy_files(writer_dir, dest, source_filesystem=pyarrow.fs.LocalFileSystem(),
+                          destination_filesystem=checkpoint.filesystem)
+
+
+def _restore(engine, rank: int, world_size: int) -> TrainState | None:
+    """Load Ray's latest checkpoint into the engine; the loop position it holds, or ``None``."""
+    import ray.train
+
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        with open(os.path.join(d, TRAIN_STATE)) as f:
+            state = TrainState(**json.load(f))
+        if state.world_size != world_size:
+            raise RuntimeError(
+                f"checkpoint {ckpt.path} was written by {state.world_size} workers; resume "
+                f"with train.workers={state.world_size} (the data position is per rank)")
+        path, _ = engine.load_checkpoint(os.path.join(d, DEEPSPEED_DIR), tag=f"step{state.step}")
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no engine state in {ckpt.path}")
+    import pyarrow.fs
+
+    marker = ckpt.filesystem.get_file_info(f"{ckpt.path}/{COMPLETE}")
+    if rank == 0 and marker.type == pyarrow.fs.FileType.NotFound:
+        # Ray registered it, so every rank's files are there: a crash hit between report and
+        # marker. Mark it now so storage readers see it too.
+        _mark_complete(ckpt, state, {})
+    return state
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function (one per rank): see the module docstring.
+
+    ``loop_config``: ``{"task": Task, "train": TrainConfig, "env": {name: value}}``.
+    """
+    for k, v in loop_config.get("env", {}).items():
+        os.environ.setdefault(k, v)
+    _Worker(loop_config["task"], loop_config["train"]).run()
+
+
+class _Worker:
+    """State of one rank's loop; :meth:`run` is the whole job."""
+
+    def __init__(self, task: Task, cfg: TrainConfig) -> None:
+        import deepspeed
+        import ray.train
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.task, self.cfg = task, cfg
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        if cfg.use_gpu:
+            self.device = torch.device("cuda", ctx.get_local_rank())
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(cfg.cpus_per_worker)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = task.build_model()
+        self.planned = total_steps(cfg, task, self.world)
+        optimizer = torch.optim.AdamW(task.trainable_parameters(model), lr=cfg.lr,
+                                      betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, self.planned)
+        deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
+            config=deepspeed_config(cfg))
+        self.state = _restore(self.engine, self.rank, self.world) or TrainState(world_size=self.world)
+        self.writer = self.pbar = self.writer_dir = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            from tqdm import tqdm
+
+            self.writer_dir = os.path.join(cfg.log_dir, cfg.run_name)
+            self.writer = SummaryWriter(self.writer_dir)
+            self.pbar = tqdm(total=self.planned, initial=self.state.step, file=sys.stderr,
+                             desc=f"{task.name}:{cfg.run_name}", disable=not cfg.progress,
+                             mininterval=2.0, dynamic_ncols=True)
+        self.metrics: dict[str, float] = {}
+        self._reset_window()
+
+    def _reset_window(self) -> None:
+        self.window: dict[str, float] = {}
+        self.window_steps = self.window_samples = 0
+        self.window_t0 = time.perf_counter()
+
+    def run(self) -> None:
+        import ray.train
+
+        stop_reason = ""
+        self.engine.train()
+        while self.state.step < self.planned and not stop_reason:
+            stop_reason = self._epoch()
+            if not stop_reason and self.state.step < self.planned:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+        if self.pbar is not None:
+            self.pbar.close()
+            self.writer.close()
+        if stop_reason:
+            ray.train.report({"stop_reason": stop_reason, "step": self.state.step})
+
+    def _epoch(self) -> str:
+        """Train until the epoch's batches or the planned steps run out; a stop reason or ''."""
+        cfg, state = self.cfg, self.state
+        batches = iter(self.task.batches(rank=self.rank, world_size=self.world,
+                                         epoch=state.epoch, seed=cfg.seed,
+                                         batch_size=cfg.batch_size))
+        skip(batches, state.batch_in_epoch)
+        bad_in_row = 0
+        while state.step < self.planned:
+            batch = next(batches, None)
+            if not _all_min(batch is not None, self.device):
+                return ""  # some rank's epoch is over: it ends for all
+            state.batch_in_epoch += 1
+            torch.manual_seed(cfg.seed * 1_000_003 + state.step * 1_009 + self.rank)
+            loss, step_metrics = self.task.loss(self.engine, to_device(batch, self.device))
+            if not _all_min(bool(torch.isfinite(loss.detach()).all()), self.device):
+                state.skipped_batches += 1
+                bad_in_row += 1
+                if bad_in_row >= cfg.max_bad_steps:
+                    return (f"{bad_in_row} consecutive non-finite losses at step {state.step} "
+                            f"(epoch {state.epoch}, batch {state.batch_in_epoch}); stopped "
+                            f"without a new checkpoint")
+                continue
+            bad_in_row = 0
+            self.engine.backward(loss)
+            checkpoint_now = state.step + 1 == self.planned or (
+                cfg.checkpoint_every and (state.step + 1) % cfg.checkpoint_every == 0)
+            log_now = checkpoint_now or (state.step + 1) % cfg.log_every == 0
+            # stage 0 caches no gradient norm: read it before step() clears the grads
+            grad_norm = _grad_norm(self.engine) if log_now and cfg.zero_stage == 0 else None
+            self.engine.step()
+            state.step += 1
+            self.window_steps += 1
+            self.window_samples += self.task.batch_samples(batch)
+            for k, v in {"loss": loss, **step_metrics}.items():
+                self.window[k] = self.window.get(k, 0.0) + _scalar(v)
+            if log_now:
+                self._log(grad_norm)
+            if self.pbar is not None:
+                self.pbar.update(1)
+            if checkpoint_now:
+                val = _evaluate(self.engine, self.task, self.rank, self.world, self.device)
+                if self.writer is not None:
+                    for k, v in val.items():
+                        self.writer.add_scalar(f"val/{k}", v, state.step)
+                    self.writer.flush()
+                _save(self.engine, cfg, self.task, state, {**self.metrics, **val}, self.rank,
+                      self.writer_dir)
+                self.window_t0 = time.perf_counter()  # samples/s leaves checkpoint time out
+        return ""
+
+    def _log(self, grad_norm: float | None) -> None:
+        elapsed = max(time.perf_counter() - self.window_t0, 1e-9)
+        means = _all_mean({k: v / self.window_steps for k, v in self.window.items()},
+                          self.device)
+        totals = _all_mean({"n": self.window_samples}, self.device)
+        samples = round(totals["n"] * self.world)
+        self.state.samples += samples
+        lr = self.scheduler.get_last_lr()[0]
+        self.metrics = {**means, "lr": lr,
+                        "grad_norm": grad_norm if grad_norm is not None else _grad_norm(self.engine),
+                        "samples_per_s": samples / elapsed,
+                        "skipped_batches": self.state.skipped_batches}
+        if self.writer is not None:
+            for k, v in self.metrics.items():
+                self.writer.add_scalar(f"train/{k}", v, self.state.step)
+            self.pbar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.2e}", refresh=False)
+        self._reset_window()
+
+
+def _evaluate(engine, task: Task, rank: int, world: int, device) -> dict[str, float]:
+    """``task.evaluate`` on every rank, each value averaged over the ranks that returned it
+    (a rank may have no validation data, so key sets can differ)."""
+    module = engine.module
+    module.eval()
+    try:
+        with torch.no_grad():
+            mine = {k if k.startswith("val") else f"val_{k}": float(v)
+                    for k, v in task.evaluate(module, rank=rank, world_size=world).items()}
+    finally:
+        module.train()
+    gathered: list[dict[str, float]] = [{} for _ in range(world)]
+    _dist().all_gather_object(gathered, mine)
+    keys = sorted({k for d in gathered for k in d})
+    return {k: sum(d[k] for d in gathered if k in d) / sum(k in d for d in gathered)
+            for k in keys}
+
+
+# -- driver side -------------------------------------------------------------------------------
+
+def run_url(cfg: TrainConfig) -> str:
+    """``{storage_path}/{run_name}`` with a local storage path made absolute."""
+    base = cfg.storage_path
+    if "://" not in base:
+        base = str(Path(base).resolve())
+    return f"{base.rstrip('/')}/{cfg.run_name}"
+
+
+def storage_for_ray(storage_path: str):
+    """``(storage_path, storage_filesystem)`` for ``RunConfig``.
+
+    ``s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set becomes an explicit
+    ``pyarrow.fs.S3FileSystem(endpoint_override=...)`` so every worker talks to that endpoint
+    (e.g. the local S3 server on 127.0.0.1) whatever its own environment says.
+    """
+    if not storage_path.startswith("s3://"):
+        if "://" in storage_path:
+            return storage_path, None
+        return str(Path(storage_path).resolve()), None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return storage_path, None
+    import pyarrow.fs
+    from urllib.parse import urlparse
+
+    ep = urlparse(endpoint)
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=ep.netloc or ep.path, scheme=ep.scheme or "http",
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+    return storage_path[len("s3://"):], fs
+
+
+def fit(task: Task, cfg: TrainConfig) -> FitResult:
+    """Train ``task`` with the shared loop on the current Ray cluster (started locally if none).
+
+    Resumes from the latest checkpoint of ``{storage_path}/{run_name}`` when the run exists.
+
+    Returns:
+        :class:`FitResult` with the final complete checkpoint.
+
+    Raises:
+        NonFiniteLossError: the run stopped on consecutive NaN/inf losses.
+        ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    cfg = TrainConfig(**{**to_dict(cfg), "log_dir": str(Path(cfg.log_dir).resolve()),
+                         "betas": tuple(cfg.betas)})
+    storage_path, storage_fs = storage_for_ray(cfg.storage_path)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"task": task, "train": cfg, "env": env},
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=cfg.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints or None),
+            worker_runtime_env={"env_vars": env} if env else None,
+        ),
+    )
+    result = trainer.fit()
+    url = run_url(cfg)
+    last = latest_checkpoint(url)
+    metrics = dict(result.metrics or {})
+    if metrics.get("stop_reason"):
+        where = last.url if last else "none"
+        raise NonFiniteLossError(f"{task.name} run {cfg.run_name!r}: {metrics['stop_reason']}; "
+                                 f"last good checkpoint: {where}", last)
+    if last is None:
+        raise RuntimeError(f"run {cfg.run_name!r} finished but {url} holds no complete checkpoint")
+    return FitResult(checkpoint=last, metrics=metrics, run_url=url)

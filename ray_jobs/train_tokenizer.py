@@ -1,0 +1,69 @@
+"""Train the decoupled sign tokenizer, then write token shards for every split (paper 3.1).
+
+    scripts/loopback.sh .venv/bin/python ray_jobs/train_tokenizer.py                # cpu-tiny
+    python ray_jobs/train_tokenizer.py --config paper --shards s3://corpus/shards \\
+        train.storage_path=s3://runs train_tokenizer.steps=20000
+
+Set up: the shard manifest gives the motion format and z-score statistics. Train: the shared
+loop (``madis.train.fit``) with ``TokenizerTask``; a re-submitted job resumes its run. Save: the
+final checkpoint's exported tokenizer encodes every split into token shards, and the val
+reconstruction MPJPE and codebook use are printed and stored as ``report.json`` in the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from madis.config import load_tree, section
+from madis.data.config import DataConfig
+from madis.tokenizer import TokenizerConfig
+from madis.tokenizer.evaluate import evaluate_tokenizer
+from madis.tokenizer.task import TokenizerTask
+from madis.tokenizer.token_shards import write_token_shards
+from madis.train import fit, train_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="sections used: data, tokenizer, train, train_tokenizer")
+    p.add_argument("--config", default="cpu-tiny", help="profile name or YAML path")
+    p.add_argument("--shards", default=None,
+                   help="motion shard root, dir or s3://... (default: data.shards)")
+    p.add_argument("--tokens", default=None,
+                   help="token shard output (default: {storage_path}/{run_name}/tokens)")
+    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.workers=1")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    tree = load_tree(args.config, args.overrides)
+    data = section(tree, "data", DataConfig)
+    shards = args.shards or data.shards
+    tok_cfg = section(tree, "tokenizer", TokenizerConfig)
+    train_cfg = train_config(tree, "tokenizer")
+    task = TokenizerTask.from_shards(tok_cfg, shards, shuffle_buffer=data.shuffle_buffer)
+
+    result = fit(task, train_cfg)
+
+    tokenizer = TokenizerTask.load(result.checkpoint.export_url)
+    report = {"checkpoint": result.checkpoint.url, "step": result.checkpoint.step,
+              "val": evaluate_tokenizer(tokenizer, shards, "val")}
+    tokens_url = args.tokens or f"{result.run_url}/tokens"
+    manifest = write_token_shards(tokenizer, shards, tokens_url, extra={"tokenizer_export": {
+        "url": result.checkpoint.export_url, "step": result.checkpoint.step}})
+    report["tokens"] = {"url": tokens_url,
+                        "samples": {k: v["samples"] for k, v in manifest["splits"].items()}}
+    text = json.dumps(report, indent=2)
+    import fsspec
+
+    with fsspec.open(f"{result.run_url}/report.json", "w") as f:
+        f.write(text)
+    print(text)
+    return report
+
+
+if __name__ == "__main__":
+    main()
