@@ -17,6 +17,7 @@ from typing import Sequence
 #: (group name, module exposing ``add_parser(subparsers)``)
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("data", "madis.data.cli"),
+    ("eval", "madis.metrics.cli"),
 ]
 
 

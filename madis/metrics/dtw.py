@@ -29,84 +29,69 @@ from typing import Sequence
 import numba
 import numpy as np
 
-__all__ = ["dtw_jpe", "dtw_jpe_batch", "relative_joints"]
+__all__ = ["dtw_jpe", "dtw_jpe_batch"]
 
 
-def _is_float64(x) -> bool:
-    return str(getattr(x, "dtype", "")).endswith("float64")
-
-
-def _as_joints(x, name: str) -> np.ndarray:
-    """numpy/torch ``[T, J, 3]`` -> float64 numpy, with shape and finiteness checks."""
+def _as_numpy(x, name: str) -> np.ndarray:
+    """numpy/torch ``[T, J, 3]`` -> numpy (float64 stays float64, other dtypes become float32)."""
     if hasattr(x, "detach"):  # torch tensor, on any device
-        x = x.detach().cpu().float().numpy() if not _is_float64(x) else x.detach().cpu().numpy()
-    arr = np.asarray(x, dtype=np.float64)
+        x = x.detach().cpu()
+        x = x.numpy() if x.dtype.is_floating_point and x.dtype.itemsize == 8 else x.float().numpy()
+    arr = np.asarray(x)
+    if arr.dtype != np.float64:
+        arr = arr.astype(np.float32, copy=False)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise ValueError(f"{name}: expected joint positions [T, J, 3], got shape {arr.shape}")
     if arr.shape[0] == 0:
         raise ValueError(f"{name}: empty sequence (0 frames); DTW-JPE is undefined")
     if arr.shape[1] == 0:
         raise ValueError(f"{name}: no joints")
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name}: contains NaN or infinite joint positions")
     return arr
 
 
-def relative_joints(
-    joints_xyz, align_index: int = 0, joints: Sequence[int] | None = None, name: str = "joints"
-) -> np.ndarray:
-    """Cost joints relative to the frame's alignment joint.
-
-    Args:
-        joints_xyz: ``[T, J, 3]`` joint positions (numpy or torch, any float dtype).
-        align_index: index of the alignment joint in ``J``.
-        joints: indices of the joints averaged in the cost; all ``J`` when None.
-
-    Returns:
-        float64 ``[T, K, 3]`` with ``K = len(joints)``: ``x[:, joints] - x[:, align_index]``.
-
-    Raises:
-        ValueError: wrong shape, empty sequence, non-finite values, or an index out of range.
-    """
-    arr = _as_joints(joints_xyz, name)
-    n_joints = arr.shape[1]
-    if not -n_joints <= align_index < n_joints:
-        raise ValueError(f"{name}: align_index {align_index} out of range for {n_joints} joints")
-    idx = np.arange(n_joints) if joints is None else np.asarray(list(joints), dtype=np.int64)
-    if idx.size == 0:
-        raise ValueError(f"{name}: the cost joint list is empty")
-    if idx.min() < -n_joints or idx.max() >= n_joints:
-        raise ValueError(f"{name}: cost joint index out of range for {n_joints} joints: {idx}")
-    return arr[:, idx] - arr[:, align_index : align_index + 1]
+def _stack(seqs: list[np.ndarray], dtype, side: str) -> np.ndarray:
+    """All sequences of one side stacked along time, ``[sum T, J, 3]`` in ``dtype``."""
+    flat = np.concatenate(seqs, axis=0).astype(dtype, copy=False)
+    if not np.isfinite(flat).all():
+        bad = next(p for p, s in enumerate(seqs) if not np.isfinite(s).all())
+        raise ValueError(f"{side}[{bad}]: contains NaN or infinite joint positions")
+    return flat
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _dtw_kernel(gen, gen_start, ref, ref_start, n_cost, out):  # pragma: no cover - JIT
-    """Accumulated DTW cost for each pair p.
+def _dtw_kernel(gen, gen_start, ref, ref_start, align, cost_idx, out):  # pragma: no cover - JIT
+    """Accumulated DTW cost of each pair p (the whole computation, parallel over pairs).
 
-    gen: [sum T1, 3K] relative joints of the generated frames (x, y, z per joint, row major);
-    ref: [3K, sum T2] the same for the reference frames, transposed so that the innermost loop
-    runs over contiguous reference frames and vectorises; *_start: [P + 1] frame offsets.
+    gen: [sum T1, J, 3] generated joints of all pairs stacked along time; ref: [sum T2, J, 3];
+    *_start: [P + 1] frame offsets of each pair; align: alignment joint; cost_idx: [K] cost joints.
     """
     n_pairs = out.shape[0]
+    n_cost = cost_idx.shape[0]
     inv_k = 1.0 / n_cost
     for p in numba.prange(n_pairs):
         g0 = gen_start[p]
         t1 = gen_start[p + 1] - g0
         r0 = ref_start[p]
         t2 = ref_start[p + 1] - r0
+        # reference joints relative to their frame's alignment joint, one row per coordinate so
+        # that the innermost loop below runs over contiguous reference frames and vectorises
+        ref_rel = np.empty((3 * n_cost, t2), dtype=gen.dtype)
+        for j in range(t2):
+            for k in range(n_cost):
+                for d in range(3):
+                    ref_rel[3 * k + d, j] = ref[r0 + j, cost_idx[k], d] - ref[r0 + j, align, d]
         cost = np.empty(t2, dtype=gen.dtype)
         prev = np.empty(t2)
         cur = np.empty(t2)
         for i in range(t1):
             cost[:] = 0.0
             for k in range(n_cost):
-                gx = gen[g0 + i, 3 * k]
-                gy = gen[g0 + i, 3 * k + 1]
-                gz = gen[g0 + i, 3 * k + 2]
-                rx = ref[3 * k, r0 : r0 + t2]
-                ry = ref[3 * k + 1, r0 : r0 + t2]
-                rz = ref[3 * k + 2, r0 : r0 + t2]
+                gx = gen[g0 + i, cost_idx[k], 0] - gen[g0 + i, align, 0]
+                gy = gen[g0 + i, cost_idx[k], 1] - gen[g0 + i, align, 1]
+                gz = gen[g0 + i, cost_idx[k], 2] - gen[g0 + i, align, 2]
+                rx = ref_rel[3 * k]
+                ry = ref_rel[3 * k + 1]
+                rz = ref_rel[3 * k + 2]
                 for j in range(t2):
                     dx = gx - rx[j]
                     dy = gy - ry[j]
@@ -155,38 +140,43 @@ def dtw_jpe_batch(
         ValueError: different numbers of sequences, no pairs, mismatched joint counts, an empty
             sequence, non-finite values, an index out of range, or an unknown precision.
     """
-    if precision == "auto":
-        precision = "float64" if any(map(_is_float64, [*generated, *references])) else "float32"
-    if precision not in ("float32", "float64"):
-        raise ValueError(f"precision must be 'auto', 'float32' or 'float64', got {precision!r}")
     if len(generated) != len(references):
         raise ValueError(
             f"{len(generated)} generated sequences but {len(references)} references"
         )
     if len(generated) == 0:
         raise ValueError("no sequence pairs to compare")
-    gen_rel, ref_rel = [], []
-    for p, (g, r) in enumerate(zip(generated, references)):
-        g_rel = relative_joints(g, align_index, joints, name=f"generated[{p}]")
-        r_rel = relative_joints(r, align_index, joints, name=f"reference[{p}]")
-        if np.shape(g)[1] != np.shape(r)[1]:
-            raise ValueError(
-                f"pair {p}: generated has {np.shape(g)[1]} joints, reference {np.shape(r)[1]}"
-            )
-        gen_rel.append(g_rel.reshape(len(g_rel), -1))
-        ref_rel.append(r_rel.reshape(len(r_rel), -1))
-    n_cost = gen_rel[0].shape[1] // 3
-    gen_start = np.concatenate([[0], np.cumsum([len(g) for g in gen_rel])]).astype(np.int64)
-    ref_start = np.concatenate([[0], np.cumsum([len(r) for r in ref_rel])]).astype(np.int64)
-    gen_flat = np.ascontiguousarray(np.concatenate(gen_rel, axis=0), dtype=precision)
-    ref_flat = np.ascontiguousarray(np.concatenate(ref_rel, axis=0).T, dtype=precision)
-    out = np.empty(len(gen_rel), dtype=np.float64)
+    gen = [_as_numpy(g, f"generated[{p}]") for p, g in enumerate(generated)]
+    ref = [_as_numpy(r, f"reference[{p}]") for p, r in enumerate(references)]
+    n_joints = gen[0].shape[1]
+    for p, (g, r) in enumerate(zip(gen, ref)):
+        if g.shape[1] != n_joints or r.shape[1] != n_joints:
+            raise ValueError(f"pair {p}: generated has {g.shape[1]} joints, reference "
+                             f"{r.shape[1]}; every sequence of a batch needs {n_joints}")
+    if precision == "auto":
+        precision = "float64" if any(a.dtype == np.float64 for a in gen + ref) else "float32"
+    if precision not in ("float32", "float64"):
+        raise ValueError(f"precision must be 'auto', 'float32' or 'float64', got {precision!r}")
+    if not -n_joints <= align_index < n_joints:
+        raise ValueError(f"align_index {align_index} out of range for {n_joints} joints")
+    idx = np.arange(n_joints) if joints is None else np.asarray(list(joints), dtype=np.int64)
+    if idx.size == 0:
+        raise ValueError("the cost joint list is empty")
+    if idx.min() < -n_joints or idx.max() >= n_joints:
+        raise ValueError(f"cost joint index out of range for {n_joints} joints: {idx.tolist()}")
+    gen_flat = _stack(gen, precision, "generated")
+    ref_flat = _stack(ref, precision, "reference")
+    gen_start = np.concatenate([[0], np.cumsum([len(g) for g in gen])]).astype(np.int64)
+    ref_start = np.concatenate([[0], np.cumsum([len(r) for r in ref])]).astype(np.int64)
+    align = align_index % n_joints
+    idx = idx % n_joints
+    out = np.empty(len(gen), dtype=np.float64)
     # Pairs differ in size (200..400 reference frames): hand them out one at a time so neither
     # core sits idle behind a static half of the list.
     old_chunk = numba.get_parallel_chunksize()
     numba.set_parallel_chunksize(1)
     try:
-        _dtw_kernel(gen_flat, gen_start, ref_flat, ref_start, n_cost, out)
+        _dtw_kernel(gen_flat, gen_start, ref_flat, ref_start, align, idx, out)
     finally:
         numba.set_parallel_chunksize(old_chunk)
     return out
