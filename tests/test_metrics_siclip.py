@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from madis.metrics.contrastive import symmetric_cross_entropy, token_wise_similarity
-from madis.metrics.retrieval import recall_at_k, retrieval_metrics, retrieval_ranks
-from madis.metrics.siclip import SiCLIP, SiCLIPConfig, encode_bytes
+from madis.metrics.retrieval import chance_recall_at_k, recall_at_k, retrieval_metrics, retrieval_ranks
+from madis.metrics.siclip import SiCLIP, SiCLIPConfig, encode_texts
 
 # --- retrieval -----------------------------------------------------------------------------------
 
@@ -54,6 +54,16 @@ def test_duplicate_texts_as_positives():
     pos = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], bool)  # texts 0 and 1 are the same sentence
     assert retrieval_ranks(sim).tolist() == [2, 1, 1]
     assert retrieval_ranks(sim, pos).tolist() == [1, 1, 1]
+
+
+def test_chance_recall():
+    assert chance_recall_at_k(4, 1) == pytest.approx(25.0)
+    assert chance_recall_at_k(4, 5) == pytest.approx(100.0)
+    assert chance_recall_at_k(10, 3) == pytest.approx(30.0)  # 1 - (9/10)(8/9)(7/8)
+    pos = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], bool)
+    assert chance_recall_at_k(pos, 1) == pytest.approx(100 * (0.5 + 0.5 + 0.25 + 0.25) / 4)
+    # the all-tied similarity scores the tie rule's 0, below chance: ties never get lucky
+    assert retrieval_metrics(np.zeros((4, 4)), ks=(1,))["sign_to_text"]["R@1"] == 0.0
 
 
 @pytest.mark.parametrize("sim, match", [
@@ -118,12 +128,13 @@ def _class_batch(classes, seed):
     return x, [WORDS[c] for c in classes]
 
 
-def test_encode_bytes():
-    ids, mask = encode_bytes(["ab", "é"], max_bytes=8)
-    assert ids.tolist() == [[1, 97 + 2, 98 + 2], [1, 0xC3 + 2, 0xA9 + 2]]
+def test_encode_texts_uses_the_mdlm_byte_ids():
+    ids, mask = encode_texts(["ab", "é"], max_bytes=8)
+    assert ids.tolist() == [[97, 98, 256], [0xC3, 0xA9, 256]]  # bytes, then [EOS] = 256
     assert mask.all()
-    ids, mask = encode_bytes(["abc", "a"], max_bytes=2)
-    assert ids.tolist() == [[1, 99, 100], [1, 99, 0]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    ids, mask = encode_texts(["abc", "a"], max_bytes=2)
+    assert ids.tolist() == [[97, 98, 256], [97, 256, 257]]  # cut at 2 bytes; [PAD] = 257
+    assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
 
 
 def test_loss_drops_and_retrieval_beats_chance():

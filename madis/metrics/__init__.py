@@ -11,9 +11,11 @@ import importlib
 
 _EXPORTS = {
     "dtw": ("dtw_jpe", "dtw_jpe_batch"),
-    "evaluation": ("dtw_jpe_scores", "evaluate", "load_references", "part_dtw_jpe"),
+    "evaluation": ("dtw_jpe_scores", "evaluate", "load_references", "part_dtw_jpe",
+                   "siclip_retrieval", "siclip_similarity"),
     "predictions": ("Prediction", "Reference", "load_predictions", "save_predictions"),
-    "retrieval": ("RELEASED_BATCH_SIZE", "recall_at_k", "retrieval_metrics", "retrieval_ranks"),
+    "retrieval": ("RELEASED_BATCH_SIZE", "chance_recall_at_k", "recall_at_k", "retrieval_metrics",
+                  "retrieval_ranks"),
     "sign_bleu": ("part_sibleu", "sibleu", "token_streams"),
     "siclip": ("SiCLIP", "SiCLIPConfig", "SiCLIPEmbeddings", "SiCLIPOutput"),
 }

@@ -34,7 +34,8 @@ from madis.motion import PARTS, MotionFormat, get_format
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "load_references", "part_dtw_jpe", "dtw_jpe_scores"]
+__all__ = ["evaluate", "load_references", "part_dtw_jpe", "dtw_jpe_scores", "siclip_retrieval",
+           "siclip_similarity"]
 
 
 def part_dtw_jpe(generated: Sequence[np.ndarray], references: Sequence[np.ndarray],
@@ -219,11 +220,17 @@ def evaluate(
     else:
         log.warning("SiBLEU skipped: the predictions carry no tokens")
 
+    from madis.metrics.siclip import SiCLIP
+
     if siclip is None:
         log.warning("SiCLIP retrieval skipped: no SiCLIP model given")
     else:
-        results.update(_siclip_metrics(siclip, fmt, gen, [references[k].text for k in keys],
-                                       batch_size))
+        model = SiCLIP.from_pretrained(siclip) if isinstance(siclip, str) else siclip
+        if model.motion_format != fmt.name:
+            raise ValueError(f"the SiCLIP model reads {model.motion_format!r} motion, the "
+                             f"evaluation is on {fmt.name!r}")
+        results.update(siclip_retrieval(model, gen, [references[k].text for k in keys],
+                                        batch_size))
     return results
 
 
@@ -244,13 +251,32 @@ def _reference_tokens(keys, references, tokenizer):
     return out
 
 
-def _siclip_metrics(siclip, fmt: MotionFormat, motions, texts, batch_size) -> dict:
+def siclip_retrieval(siclip, motions: Sequence[np.ndarray], texts: Sequence[str],
+                     batch_size: int = 64) -> dict[str, dict[str, float | str]]:
+    """SiCLIP R@1/5/10 of ``motions[i]`` paired with ``texts[i]``, both directions, two protocols.
+
+    Identical texts count as correct for each other's signs (see
+    :func:`~madis.metrics.retrieval.retrieval_ranks`).
+
+    Args:
+        siclip: a :class:`~madis.metrics.SiCLIP` model or the directory it was saved to.
+        motions: per sample ``[T, D]`` in the model's format units, in evaluation order.
+        texts: the paired sentences.
+
+    Returns:
+        ``{"siclip_s2t_R@1": {"value": %, "unit": "%"}, ..., "siclip_t2s_R@10_b45": ...}``: full
+        set, then the released protocol's consecutive batches (``retrieval_batch_size``).
+
+    Raises:
+        ValueError: no samples, different counts, or an empty text.
+    """
     from madis.metrics.siclip import SiCLIP
 
+    if len(motions) != len(texts):
+        raise ValueError(f"{len(motions)} motions but {len(texts)} texts")
+    if not motions:
+        raise ValueError("no samples for SiCLIP retrieval")
     model = SiCLIP.from_pretrained(siclip) if isinstance(siclip, str) else siclip
-    if model.motion_format != fmt.name:
-        raise ValueError(f"the SiCLIP model reads {model.motion_format!r} motion, the evaluation "
-                         f"is on {fmt.name!r}")
     sim = siclip_similarity(model, motions, texts, batch_size)
     same_text = np.array([[a == b for b in texts] for a in texts])
     out = {}

@@ -27,7 +27,8 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["RELEASED_BATCH_SIZE", "retrieval_ranks", "recall_at_k", "retrieval_metrics"]
+__all__ = ["RELEASED_BATCH_SIZE", "retrieval_ranks", "recall_at_k", "retrieval_metrics",
+           "chance_recall_at_k"]
 
 #: the released evaluation's test batch size (SPEC "Metrics")
 RELEASED_BATCH_SIZE = 45
@@ -130,3 +131,30 @@ def retrieval_metrics(
         "sign_to_text": recall_at_k(np.concatenate(s2t), ks),
         "text_to_sign": recall_at_k(np.concatenate(t2s), ks),
     }
+
+
+def chance_recall_at_k(positives, k: int) -> float:
+    """Expected R@k (%) of a uniformly random ranking, the baseline to report beside R@k.
+
+    A query with ``p`` correct among ``n`` candidates misses the top k when its first k
+    candidates are all negatives: ``P(rank <= k) = 1 - prod_{i<k} (n - p - i) / (n - i)``.
+
+    Args:
+        positives: bool ``[N, N]`` with a True diagonal (e.g. identical texts), or an int N for
+            one correct candidate per query.
+
+    Raises:
+        ValueError: a malformed ``positives`` or ``k < 1``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(positives, (int, np.integer)):
+        positives = np.eye(int(positives), dtype=bool)
+    pos = np.asarray(positives, dtype=bool)
+    n = pos.shape[0]
+    pos = _check_positives(pos, n)
+    hit = []
+    for p in pos.sum(axis=1):
+        miss = np.prod([(n - p - i) / (n - i) for i in range(k)]) if n - p >= k else 0.0
+        hit.append(1.0 - miss)
+    return float(100.0 * np.mean(hit))

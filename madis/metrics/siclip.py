@@ -4,7 +4,7 @@ Sign side (decoupled, SOKE-style): the z-scored motion is split into the format'
 each part has its own temporal Conv1d encoder down-sampling 4x (one feature per sign-token
 position, like the tokenizer's pre-quantisation features); the three part features are
 concatenated, fused by a linear layer and a small transformer. Text side: a small transformer
-over UTF-8 bytes. Each side ends in an MLP projection into the shared space (512-d in the paper
+over UTF-8 bytes (the MDLM's byte tokenizer, ``madis.mdlm.text.ByteTokenizer``). Each side ends in an MLP projection into the shared space (512-d in the paper
 profile) and a learned token-weight head. Objective (paper Table 6): global InfoNCE plus the
 CiCo-style fine-grained token-wise loss, both symmetric cross-entropies with one learned logit
 scale (see :mod:`madis.metrics.contrastive`).
@@ -34,13 +34,10 @@ from madis.config import ConfigError, from_dict, to_dict
 from madis.metrics.contrastive import masked_softmax, symmetric_cross_entropy, token_wise_similarity
 from madis.motion import PARTS, get_format
 
-__all__ = ["SiCLIPConfig", "SiCLIP", "SiCLIPEmbeddings", "SiCLIPOutput", "encode_bytes"]
+__all__ = ["SiCLIPConfig", "SiCLIP", "SiCLIPEmbeddings", "SiCLIPOutput", "encode_texts"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-#: byte ids are shifted by 2: 0 is padding, 1 starts every text
-PAD_ID, BOS_ID, BYTE_OFFSET = 0, 1, 2
-TEXT_VOCAB = 256 + BYTE_OFFSET
 #: frames per sign-token position (the tokenizer's 4x temporal down-sampling)
 FRAMES_PER_POSITION = 4
 
@@ -97,27 +94,30 @@ class SiCLIPConfig:
             raise ConfigError("siclip.init_temperature must be > 0 and max_logit_scale > 1")
 
 
-def encode_bytes(texts: Sequence[str], max_bytes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Texts -> ``(ids [B, L] int64, mask [B, L] bool)``: BOS then UTF-8 bytes + 2, 0-padded.
+def encode_texts(texts: Sequence[str], max_bytes: int, tokenizer=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> ``(ids [B, L] int64, mask [B, L] bool)``: UTF-8 byte ids, then ``[EOS]``, padded.
 
+    The ids are the MDLM's byte tokenizer's (bytes 0..255, ``eos_id``, ``pad_id``);
     ``L = 1 + min(max_bytes, longest text in bytes)``.
 
     Raises:
         ValueError: no texts, or an empty / whitespace-only text (nothing to match a sign with).
     """
+    if tokenizer is None:
+        from madis.mdlm.text import ByteTokenizer
+
+        tokenizer = ByteTokenizer()
     if len(texts) == 0:
         raise ValueError("no texts to encode")
-    raw = []
+    rows = []
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"text {i} is empty or not a string: {text!r}")
-        raw.append(text.encode("utf-8")[:max_bytes])
-    length = 1 + max(len(r) for r in raw)
-    ids = torch.full((len(raw), length), PAD_ID, dtype=torch.long)
-    ids[:, 0] = BOS_ID
-    for i, r in enumerate(raw):
-        ids[i, 1 : 1 + len(r)] = torch.frombuffer(bytearray(r), dtype=torch.uint8).long() + BYTE_OFFSET
-    return ids, ids != PAD_ID
+        rows.append(tokenizer.encode(text)[:max_bytes] + [tokenizer.eos_id])
+    ids = torch.full((len(rows), max(map(len, rows))), tokenizer.pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids, ids != tokenizer.pad_id
 
 
 @dataclass
@@ -215,13 +215,18 @@ class SiCLIP(nn.Module):
         self.sign_pos = nn.Parameter(torch.randn(config.max_positions, w) * 0.02)
         self.sign_encoder = _transformer(config, config.motion_layers)
         self.sign_norm = nn.LayerNorm(w)
-        self.text_embed = nn.Embedding(TEXT_VOCAB, w, padding_idx=PAD_ID)
+        from madis.mdlm.text import ByteTokenizer
+
+        self.text_tokenizer = ByteTokenizer()
+        self.text_embed = nn.Embedding(self.text_tokenizer.vocab_size, w,
+                                       padding_idx=self.text_tokenizer.pad_id)
         self.text_pos = nn.Parameter(torch.randn(config.max_text_bytes + 1, w) * 0.02)
         self.text_encoder = _transformer(config, config.text_layers)
         self.text_norm = nn.LayerNorm(w)
         self.sign_proj, self.text_proj = _mlp(w, config.embed_dim), _mlp(w, config.embed_dim)
         self.sign_weight, self.text_weight = nn.Linear(w, 1), nn.Linear(w, 1)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        # shape [1], not 0-d: DeepSpeed's initial parameter broadcast cannot handle 0-d tensors
+        self.logit_scale = nn.Parameter(torch.full((1,), math.log(1.0 / config.init_temperature)))
 
     @property
     def motion_format(self) -> str:
@@ -271,7 +276,9 @@ class SiCLIP(nn.Module):
         if n > self.config.max_positions:
             raise ValueError(f"{t} frames exceed max_positions={self.config.max_positions} positions")
         pad = n * FRAMES_PER_POSITION - t
-        x = (motion.float() - self.mean) / self.std * mask[..., None]
+        # the weights' dtype (bf16 under a bf16 DeepSpeed engine), after z-scoring in float32
+        x = ((motion.float() - self.mean.float()) / self.std.float() * mask[..., None]).to(
+            self.sign_pos.dtype)
         x = F.pad(x, (0, 0, 0, pad))
         pos_mask = F.pad(mask, (0, pad)).view(b, n, FRAMES_PER_POSITION).any(-1)
         if self.config.decoupled:
@@ -289,7 +296,7 @@ class SiCLIP(nn.Module):
         Raises:
             ValueError: no texts or an empty text.
         """
-        ids, mask = encode_bytes(texts, self.config.max_text_bytes)
+        ids, mask = encode_texts(texts, self.config.max_text_bytes, self.text_tokenizer)
         ids, mask = ids.to(self.text_pos.device), mask.to(self.text_pos.device)
         h = self.text_embed(ids) + self.text_pos[: ids.shape[1]]
         h = self._run(self.text_encoder, h, mask)
@@ -339,7 +346,7 @@ class SiCLIP(nn.Module):
         sign, text = self.encode_motion(motion, mask), self.encode_text(texts)
         same = [[a == b for b in texts] for a in texts]
         positives = torch.tensor(same, dtype=torch.bool, device=sign.pooled.device)
-        scale = self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+        scale = self.logit_scale.exp().clamp(max=self.config.max_logit_scale)[0]
         glob, fine = self._scores(sign, text)
         global_loss = symmetric_cross_entropy(scale * glob, positives)
         fine_loss = (symmetric_cross_entropy(scale * fine, positives) if fine is not None
