@@ -16,10 +16,16 @@ def _world() -> int:
     return 1
 
 
-def _sample_rows(x: torch.Tensor, n: int) -> torch.Tensor:
-    """``n`` rows drawn from ``x [M, d]`` (repeated when M < n), same on every rank (rank 0's)."""
+def _sample_rows(x: torch.Tensor, n: int, fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """``n`` rows drawn from ``x [M, d]`` (repeated when M < n), same on every rank (rank 0's).
+
+    ``fallback [K, d]`` is drawn from instead when ``x`` is empty: a batch in which a part was
+    never detected on this rank (a one-handed fingerspelling batch has no left hand at all).
+    """
     if x.shape[0] == 0:
-        raise ValueError("cannot sample codebook rows from an empty set of encoder outputs")
+        if fallback is None or fallback.shape[0] == 0:
+            raise ValueError("cannot sample codebook rows from an empty set of encoder outputs")
+        x = fallback
     idx = torch.randint(0, x.shape[0], (n,), device=x.device)
     rows = x[idx].contiguous()
     if _world() > 1:
@@ -121,7 +127,7 @@ class EMACodebook(nn.Module):
         self.code_count.mul_(mu).add_(batch_count, alpha=1 - mu)
         alive = self.code_count >= self.dead_code_threshold
         updated = self.code_sum / self.code_count.clamp_min(1e-12)[:, None]
-        fresh = _sample_rows(z_valid.float(), self.num_codes)
+        fresh = _sample_rows(z_valid.float(), self.num_codes, self.codebook.float())
         self.codebook.copy_(torch.where(alive[:, None], updated, fresh))
         self.code_sum.copy_(torch.where(alive[:, None], self.code_sum, fresh))
         self.code_count.copy_(torch.where(alive, self.code_count, torch.ones_like(self.code_count)))
