@@ -139,9 +139,10 @@ def dtw_python(parts, n):
 
 
 def timed(fn, *args, **kw):
-    t = time.perf_counter()
+    """``(result, wall seconds, CPU seconds of all this process's threads)``."""
+    t, c = time.perf_counter(), time.process_time()
     res = fn(*args, **kw)
-    return res, time.perf_counter() - t
+    return res, time.perf_counter() - t, time.process_time() - c
 
 
 def main() -> None:
@@ -158,24 +159,28 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}, cores: {os.cpu_count()}, "
           f"torch threads: {torch.get_num_threads()}")
     parts = make_pairs(n)
-    _, compile_s = timed(ours, make_pairs(2, seed=1), 2)  # JIT compile (or load the cache)
-    ours_scores, ours_s = timed(ours, parts, n)
-    _, ours64_s = timed(ours, parts, n, precision="float64")
-    rows = [("ours (numba, float32 distances)", n, ours_s), ("ours (numba, float64)", n, ours64_s)]
+    _, compile_s, _ = timed(ours, make_pairs(2, seed=1), 2)  # JIT compile (or load the cache)
+    ours_scores, ours_s, ours_cpu = timed(ours, parts, n)
+    _, ours64_s, ours64_cpu = timed(ours, parts, n, precision="float64")
+    rows = [("ours (numba, float32 distances)", n, ours_s, ours_cpu),
+            ("ours (numba, float64)", n, ours64_s, ours64_cpu)]
     baselines = [("naive Python recursion", naive, args.naive_pairs, {}),
                  ("anti-diagonal torch", antidiagonal_torch, torch_n, {"chunk": args.torch_chunk}),
                  ("dtw-python (C core)", dtw_python, args.lib_pairs, {})]
     for name, fn, m, kw in baselines:
-        scores, s = timed(fn, parts, m, **kw)
+        scores, s, cpu = timed(fn, parts, m, **kw)
         rel = np.abs(scores - ours_scores[:, :m]).max() / np.abs(ours_scores[:, :m]).max()
-        rows.append((name, m, s))
+        rows.append((name, m, s, cpu))
         print(f"  {name}: max relative difference to ours on {m} pairs: {rel:.2e}")
     print(f"\nDTW-JPE, {n} pairs (400 vs 200-400 frames; body 12 + 2 hands x 21 joints); "
           f"ours' JIT compile/cache load: {compile_s:.2f} s")
-    print(f"{'method':34s} {'pairs run':>9s} {'measured s':>11s} {f'{n} pairs s':>12s} {'ours is x faster':>17s}")
-    for name, m, s in rows:
-        full = s * n / m
-        print(f"{name:34s} {m:9d} {s:11.2f} {full:12.2f} {full / ours_s:17.1f}")
+    print("(wall: elapsed seconds; cpu: CPU seconds of all threads, less sensitive to other load)")
+    print(f"{'method':34s} {'pairs run':>9s} {'wall s':>8s} {f'{n} pairs wall s':>16s} "
+          f"{'x ours wall':>12s} {f'{n} pairs cpu s':>15s} {'x ours cpu':>11s}")
+    for name, m, s, cpu in rows:
+        full, full_cpu = s * n / m, cpu * n / m
+        print(f"{name:34s} {m:9d} {s:8.2f} {full:16.2f} {full / ours_s:12.1f} {full_cpu:15.2f} "
+              f"{full_cpu / ours_cpu:11.1f}")
     print(f"load average after: {os.getloadavg()}")
 
 
