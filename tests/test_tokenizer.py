@@ -175,3 +175,18 @@ def test_bf16_cast_keeps_ema_state_in_float32(fmt):
     out = tok(torch.randn(2, 40, fmt.dim))
     assert out.recon.dtype == torch.bfloat16
     assert all(c.dtype == torch.float32 for c in tok.codebooks)
+
+
+def test_part_never_detected_in_a_batch_changes_nothing():
+    # one-handed fingerspelling: a batch may hold no valid left-hand frame at all
+    cb = EMACodebook(num_codes=4, code_dim=2).train()
+    z = torch.randn(1, 8, 2)
+    none = torch.zeros(1, 8, dtype=torch.bool)
+    cb(z, none)
+    assert not bool(cb.initialized) and (cb.codebook == 0).all()
+    cb(z)
+    assert bool(cb.initialized)
+    state = {k: v.clone() for k, v in cb.state_dict().items()}
+    out = cb(z * 100, none)
+    assert all(torch.equal(state[k], v) for k, v in cb.state_dict().items())
+    assert out.commit_loss.item() == 0.0 and out.used.item() == 0.0

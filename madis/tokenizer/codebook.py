@@ -16,22 +16,29 @@ def _world() -> int:
     return 1
 
 
-def _sample_rows(x: torch.Tensor, n: int, fallback: torch.Tensor | None = None) -> torch.Tensor:
-    """``n`` rows drawn from ``x [M, d]`` (repeated when M < n), same on every rank (rank 0's).
-
-    ``fallback [K, d]`` is drawn from instead when ``x`` is empty: a batch in which a part was
-    never detected on this rank (a one-handed fingerspelling batch has no left hand at all).
-    """
-    if x.shape[0] == 0:
-        if fallback is None or fallback.shape[0] == 0:
-            raise ValueError("cannot sample codebook rows from an empty set of encoder outputs")
-        x = fallback
-    idx = torch.randint(0, x.shape[0], (n,), device=x.device)
-    rows = x[idx].contiguous()
+def _sample_rows(x: torch.Tensor, n: int) -> torch.Tensor | None:
+    """``n`` rows drawn from ``x [M, d]`` (with repeats), the same on every rank, or ``None``
+    when no rank has a row (e.g. a hand never detected in the whole batch)."""
+    src = 0
     if _world() > 1:
-        # Codebooks are buffers, not parameters: DeepSpeed never syncs them, so every rank must
-        # take the same random rows or the replicas drift apart.
-        torch.distributed.broadcast(rows, src=0)
+        # Codebooks are buffers, not parameters: DeepSpeed never syncs them, so every rank
+        # must take the same rows: those of the first rank that has any.
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        have = torch.zeros(world, device=x.device)
+        have[rank] = float(x.shape[0])
+        torch.distributed.all_reduce(have)
+        ranks = (have > 0).nonzero().flatten()
+        if len(ranks) == 0:
+            return None
+        src = int(ranks[0])
+    elif x.shape[0] == 0:
+        return None
+    if x.shape[0] > 0:
+        rows = x[torch.randint(0, x.shape[0], (n,), device=x.device)].contiguous()
+    else:
+        rows = x.new_zeros(n, x.shape[1])
+    if _world() > 1:
+        torch.distributed.broadcast(rows, src=src)
     return rows
 
 
@@ -108,6 +115,8 @@ class EMACodebook(nn.Module):
     @torch.no_grad()
     def _init_from(self, z_valid: torch.Tensor) -> None:
         rows = _sample_rows(z_valid.float(), self.num_codes)
+        if rows is None:
+            return  # no valid position anywhere yet: initialise on a later batch
         self.codebook.copy_(rows)
         self.code_sum.copy_(rows)
         self.code_count.fill_(1.0)
@@ -122,12 +131,15 @@ class EMACodebook(nn.Module):
         if _world() > 1:
             torch.distributed.all_reduce(batch_sum)
             torch.distributed.all_reduce(batch_count)
+        if batch_count.sum() == 0:
+            return batch_count  # nothing observed: no evidence to move or kill any code
         mu = self.decay
         self.code_sum.mul_(mu).add_(batch_sum, alpha=1 - mu)
         self.code_count.mul_(mu).add_(batch_count, alpha=1 - mu)
         alive = self.code_count >= self.dead_code_threshold
         updated = self.code_sum / self.code_count.clamp_min(1e-12)[:, None]
-        fresh = _sample_rows(z_valid.float(), self.num_codes, self.codebook.float())
+        fresh = _sample_rows(z_valid.float(), self.num_codes)
+        assert fresh is not None  # some rank had data: batch_count.sum() > 0
         self.codebook.copy_(torch.where(alive[:, None], updated, fresh))
         self.code_sum.copy_(torch.where(alive[:, None], self.code_sum, fresh))
         self.code_count.copy_(torch.where(alive, self.code_count, torch.ones_like(self.code_count)))

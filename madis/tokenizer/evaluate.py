@@ -32,7 +32,8 @@ def evaluate_tokenizer(tokenizer: DecoupledTokenizer, shards: str, split: str = 
 
     MPJPE is the mean Euclidean distance between the joints of the original and reconstructed
     motion (``get_format(name).joints``, in the format's ``units``), over real frames where the
-    part was detected, and over that part's joints. ``mpjpe_mean`` averages the three parts.
+    part was detected, and over that part's joints; ``None`` for a part never detected in the
+    split. ``mpjpe_mean`` averages the parts that have a value.
 
     Returns:
         ``{"split", "samples", "units", "mpjpe_<part>", "mpjpe_mean", "perplexity_<part>",
@@ -81,8 +82,8 @@ def evaluate_tokenizer(tokenizer: DecoupledTokenizer, shards: str, split: str = 
     result: dict[str, Any] = {"split": split, "samples": samples, "units": fmt.units}
     for j, p in enumerate(PARTS):
         result[f"mpjpe_{p}"] = None if mpjpe_error or not err_n[j] else float(err_sum[j] / err_n[j])
-    parts = [result[f"mpjpe_{p}"] for p in PARTS]
-    result["mpjpe_mean"] = None if any(v is None for v in parts) else float(np.mean(parts))
+    parts = [result[f"mpjpe_{p}"] for p in PARTS if result[f"mpjpe_{p}"] is not None]
+    result["mpjpe_mean"] = float(np.mean(parts)) if parts else None
     if mpjpe_error:
         result["mpjpe_error"] = mpjpe_error
     for j, p in enumerate(PARTS):

@@ -13,22 +13,28 @@ from madis.tokenizer.decoupled import DecoupledTokenizer
 _BASE_FIELDS = ("text", "lang", "fps", "source", "composed")
 
 
+def as_sample(decoded: dict, tokens=None):
+    """A sample read by ``madis.data.shards.iter_samples`` back as a writable ``Sample``."""
+    from madis.data.shards import Sample
+
+    meta = dict(decoded["meta"])
+    return Sample(key=decoded["key"], text=meta["text"], lang=meta["lang"], fps=meta["fps"],
+                  source=meta["source"], composed=bool(meta.get("composed", False)),
+                  meta={k: v for k, v in meta.items() if k not in _BASE_FIELDS},
+                  motion=decoded["motion"], valid=decoded["valid"], tokens=tokens)
+
+
 def _tokenized(tokenizer: DecoupledTokenizer, src: str, split: str, batch_size: int,
                manifest: dict) -> Iterator:
-    from madis.data.shards import Sample, collate, iter_samples
+    from madis.data.shards import collate, iter_samples
 
     def flush(group):
         batch = collate(group)
         device = tokenizer.mean.device
         tokens = tokenizer.encode(batch["motion"].to(device), batch["mask"].to(device)).cpu()
         for b, s in enumerate(group):
-            meta = dict(s["meta"])
             n = len(s["motion"]) // FRAMES_PER_TOKEN
-            yield Sample(key=s["key"], text=meta["text"], lang=meta["lang"], fps=meta["fps"],
-                         source=meta["source"], composed=bool(meta.get("composed", False)),
-                         meta={k: v for k, v in meta.items() if k not in _BASE_FIELDS},
-                         motion=s["motion"], valid=s["valid"],
-                         tokens=tokens[b, :n].numpy().astype("int16"))
+            yield as_sample(s, tokens[b, :n].numpy().astype("int16"))
 
     group: list[dict] = []
     for s in iter_samples(src, split, shuffle=False, manifest=manifest):

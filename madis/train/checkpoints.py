@@ -27,6 +27,8 @@ EXPORT_DIR = "export"
 DEEPSPEED_DIR = "deepspeed"
 TRAIN_STATE = "train_state.json"
 METADATA = "metadata.json"
+#: written in the run directory when the loop stops on non-finite losses (reason, step)
+STOPPED = "STOPPED.json"
 _CKPT_RE = re.compile(r"checkpoint_(\d+)$")
 
 
@@ -68,6 +70,7 @@ def list_checkpoints(run_url: str) -> list[CheckpointInfo]:
         run_url: ``{storage_path}/{run_name}`` (local directory or ``s3://...``).
     """
     fs, root = fsspec.core.url_to_fs(str(run_url))
+    fs.invalidate_cache()  # s3fs caches listings per instance: a poller would never see news
     try:
         entries = fs.ls(root, detail=False)
     except FileNotFoundError:

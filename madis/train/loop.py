@@ -20,6 +20,7 @@ checkpoint, and :func:`fit` raises :class:`NonFiniteLossError` naming the last g
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import torch
 
 from madis.config import ConfigError, to_dict
 from madis.train.checkpoints import (
-    COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, METADATA, TRAIN_STATE, CheckpointInfo,
+    COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, METADATA, STOPPED, TRAIN_STATE, CheckpointInfo,
     checkpoint_dir_name, latest_checkpoint,
 )
 from madis.train.config import TrainConfig
@@ -98,6 +100,15 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def lr_factor(step: int, warmup_steps: int, total: int) -> float:
+    """Multiplier of the peak lr after ``step`` steps: linear warm-up from 0, then a half cosine
+    down to 0 at ``total`` (the schedule LLaDA / the paper use with AdamW)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def total_steps(cfg: TrainConfig, task: Task, world_size: int) -> int:
@@ -256,7 +267,6 @@ class _Worker:
     def __init__(self, task: Task, cfg: TrainConfig) -> None:
         import deepspeed
         import ray.train
-        from transformers import get_cosine_schedule_with_warmup
 
         self.task, self.cfg = task, cfg
         ctx = ray.train.get_context()
@@ -272,7 +282,8 @@ class _Worker:
         self.planned = total_steps(cfg, task, self.world)
         optimizer = torch.optim.AdamW(task.trainable_parameters(model), lr=cfg.lr,
                                       betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-        self.scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, self.planned)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, cfg.warmup_steps, self.planned))
         deepspeed.init_distributed(dist_backend="nccl" if cfg.use_gpu else "gloo")
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
@@ -309,8 +320,13 @@ class _Worker:
         if self.pbar is not None:
             self.pbar.close()
             self.writer.close()
-        if stop_reason:
-            ray.train.report({"stop_reason": stop_reason, "step": self.state.step})
+        if stop_reason and self.rank == 0:
+            # Ray's Result only carries metrics reported with a checkpoint: tell the driver
+            # through the run directory instead.
+            storage = ray.train.get_context().get_storage()
+            path = f"{storage.experiment_fs_path}/{STOPPED}"
+            with storage.storage_filesystem.open_output_stream(path) as f:
+                f.write(json.dumps({"reason": stop_reason, "step": self.state.step}).encode())
 
     def _epoch(self) -> str:
         """Train until the epoch's batches or the planned steps run out; a stop reason or ''."""
@@ -413,35 +429,34 @@ def run_url(cfg: TrainConfig) -> str:
 def storage_for_ray(storage_path: str):
     """``(storage_path, storage_filesystem)`` for ``RunConfig``.
 
-    ``s3://bucket/prefix`` with ``AWS_ENDPOINT_URL`` set becomes an explicit
-    ``pyarrow.fs.S3FileSystem(endpoint_override=...)`` so every worker talks to that endpoint
-    (e.g. the local S3 server on 127.0.0.1) whatever its own environment says.
+    ``s3://bucket/prefix`` goes through s3fs wrapped as a pyarrow filesystem, built from this
+    process's ``AWS_ENDPOINT_URL`` and credentials and pickled with them, so Ray's controller
+    and every worker write to the same server whatever their own environment says. Not pyarrow's own
+    S3FileSystem: against the local moto server (5.2.5) its multipart uploads fail to complete
+    (getmoto/moto#10055), which breaks every file over one part.
     """
     if not storage_path.startswith("s3://"):
         if "://" in storage_path:
             return storage_path, None
         return str(Path(storage_path).resolve()), None
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if not endpoint:
-        return storage_path, None
     import pyarrow.fs
-    from urllib.parse import urlparse
+    import s3fs
 
-    ep = urlparse(endpoint)
-    fs = pyarrow.fs.S3FileSystem(
-        endpoint_override=ep.netloc or ep.path, scheme=ep.scheme or "http",
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        session_token=os.environ.get("AWS_SESSION_TOKEN"),
-        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-    )
-    return storage_path[len("s3://"):], fs
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    client_kwargs = {"region_name": env.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    fs = s3fs.S3FileSystem(key=env.get("AWS_ACCESS_KEY_ID"), secret=env.get("AWS_SECRET_ACCESS_KEY"),
+                           token=env.get("AWS_SESSION_TOKEN"), client_kwargs=client_kwargs)
+    return storage_path[len("s3://"):], pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
 def fit(task: Task, cfg: TrainConfig) -> FitResult:
     """Train ``task`` with the shared loop on the current Ray cluster (started locally if none).
 
-    Resumes from the latest checkpoint of ``{storage_path}/{run_name}`` when the run exists.
+    Resumes from the latest checkpoint of ``{storage_path}/{run_name}`` when the run exists;
+    returns at once, starting no worker, when that checkpoint already has the planned steps.
 
     Returns:
         :class:`FitResult` with the final complete checkpoint.
@@ -455,6 +470,14 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
 
     cfg = TrainConfig(**{**to_dict(cfg), "log_dir": str(Path(cfg.log_dir).resolve()),
                          "betas": tuple(cfg.betas)})
+    url = run_url(cfg)
+    planned = total_steps(cfg, task, cfg.workers)
+    last = latest_checkpoint(url)
+    if last is not None and last.step >= planned:
+        return FitResult(checkpoint=last, metrics=dict(last.metrics), run_url=url)  # done already
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(f"{root}/{STOPPED}"):
+        fs.rm(f"{root}/{STOPPED}")  # a re-submitted job gets a fresh chance
     storage_path, storage_fs = storage_for_ray(cfg.storage_path)
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     trainer = TorchTrainer(
@@ -471,12 +494,14 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
         ),
     )
     result = trainer.fit()
-    url = run_url(cfg)
     last = latest_checkpoint(url)
     metrics = dict(result.metrics or {})
-    if metrics.get("stop_reason"):
+    fs.invalidate_cache()
+    if fs.exists(f"{root}/{STOPPED}"):
+        with fs.open(f"{root}/{STOPPED}", "r") as f:
+            stop = json.load(f)
         where = last.url if last else "none"
-        raise NonFiniteLossError(f"{task.name} run {cfg.run_name!r}: {metrics['stop_reason']}; "
+        raise NonFiniteLossError(f"{task.name} run {cfg.run_name!r}: {stop['reason']}; "
                                  f"last good checkpoint: {where}", last)
     if last is None:
         raise RuntimeError(f"run {cfg.run_name!r} finished but {url} holds no complete checkpoint")

@@ -1,0 +1,54 @@
+"""Command-line arguments every training job shares (``ray_jobs/*.py``). No Ray here.
+
+A job reads a profile (``--config``) with dotted overrides, then its train settings from section
+``train`` overridden by ``train_<job>`` (:func:`~madis.train.config.train_config`); the options
+below override both, because they are what one changes per submission: where the run lives, how
+many workers, which ZeRO stage, GPUs or not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Mapping
+
+from madis.config import ConfigError
+from madis.train.config import TrainConfig, train_config
+
+
+def add_job_arguments(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--storage``, ``--workers``, ``--gpus-per-worker``, ``--zero-stage``,
+    ``--steps``, ``--run-name`` and the positional ``section.field=value`` overrides."""
+    p.add_argument("--config", default="cpu-tiny",
+                   help="profile name (cpu-tiny, paper) or YAML path (default: %(default)s)")
+    p.add_argument("--storage", default=None,
+                   help="run storage, a directory or s3://bucket/prefix (train.storage_path)")
+    p.add_argument("--run-name", default=None, help="run directory under the storage")
+    p.add_argument("--workers", type=int, default=None, help="Ray Train workers (data-parallel ranks)")
+    p.add_argument("--gpus-per-worker", type=int, default=None, choices=(0, 1),
+                   help="1: one GPU per worker (NCCL); 0: CPU workers (gloo)")
+    p.add_argument("--zero-stage", type=int, default=None, choices=(0, 1, 2, 3),
+                   help="DeepSpeed ZeRO stage")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps of the run")
+    p.add_argument("overrides", nargs="*", metavar="SECTION.FIELD=VALUE",
+                   help="config overrides, e.g. train.lr=1e-3 model.num_positions=64")
+
+
+def job_train_config(tree: Mapping[str, Any], job: str, args: argparse.Namespace) -> TrainConfig:
+    """``train`` + ``train_<job>`` of ``tree``, then the command-line options of
+    :func:`add_job_arguments` on top.
+
+    Raises:
+        ConfigError: a bad value in either section or option.
+    """
+    cfg = train_config(tree, job)
+    changes = {name: getattr(args, opt) for opt, name in (
+        ("storage", "storage_path"), ("run_name", "run_name"), ("workers", "workers"),
+        ("zero_stage", "zero_stage"), ("steps", "steps"))
+        if getattr(args, opt, None) is not None}
+    if getattr(args, "gpus_per_worker", None) is not None:
+        changes["use_gpu"] = args.gpus_per_worker == 1
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except (TypeError, ValueError) as exn:
+        raise ConfigError(str(exn)) from exn

@@ -1,0 +1,136 @@
+"""The shared training loop on a real local Ray cluster (127.0.0.1): ZeRO-2 with 2 CPU workers,
+checkpoints on local disk and on the local S3 server, resume after a crash, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import safetensors.torch
+import torch
+
+from madis.config import ConfigError, load_tree
+from madis.train import (
+    TrainConfig, latest_checkpoint, list_checkpoints, read_metadata, train_config,
+)
+from madis.train.checkpoints import COMPLETE, TRAIN_STATE
+from madis.train.testing import RegressionTask
+
+# --------------------------------------------------------------------------- no Ray needed
+
+
+def test_train_config_merges_job_section_and_rejects_bad_values():
+    tree = {"train": {"lr": 1e-3, "workers": 2}, "train_tokenizer": {"lr": 5e-4, "steps": 7}}
+    cfg = train_config(tree, "tokenizer")
+    assert (cfg.lr, cfg.workers, cfg.steps) == (5e-4, 2, 7)
+    assert train_config(tree).lr == 1e-3
+    with pytest.raises(ConfigError, match="zero_stage"):
+        TrainConfig(zero_stage=4)
+    with pytest.raises(ConfigError, match="unknown field"):
+        train_config({"train_tokenizer": {"stpes": 3}}, "tokenizer")
+    for profile in ("cpu-tiny", "paper"):
+        assert train_config(load_tree(profile), "tokenizer").run_name == "tokenizer"
+
+
+def test_readers_ignore_checkpoints_without_marker(tmp_path):
+    run = tmp_path / "run"
+    for step, complete in ((5, True), (10, True), (15, False)):
+        d = run / f"checkpoint_{step:08d}"
+        d.mkdir(parents=True)
+        if complete:
+            (d / COMPLETE).write_text(json.dumps({"step": step, "epoch": 1, "metrics": {"l": 1}}))
+    (run / "tensorboard").mkdir()
+    assert [c.step for c in list_checkpoints(str(run))] == [5, 10]
+    assert latest_checkpoint(str(run)).export_url == str(run / "checkpoint_00000010" / "export")
+    assert list_checkpoints(str(tmp_path / "absent")) == []
+
+
+# --------------------------------------------------------------------------- real Ray
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(run_name=name, storage_path=str(tmp_path / "storage"), workers=2, zero_stage=2,
+                batch_size=8, lr=1e-2, log_every=1, log_dir=str(tmp_path / "tb"),
+                progress=False, max_failures=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _scalars(logdir, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+@pytest.mark.ray
+def test_zero2_two_workers_loss_falls_on_fixed_batch_s3_storage(ray_local, s3_bucket, tmp_path):
+    from madis.train import fit
+
+    task = RegressionTask(fixed_batch=True, batches_per_epoch=3)
+    cfg = _cfg(tmp_path, "fixed", storage_path=f"{s3_bucket}/runs", steps=8, checkpoint_every=4,
+               lr=3e-2)
+    result = fit(task, cfg)
+    assert result.run_url == f"{s3_bucket}/runs/fixed"
+    assert [c.step for c in list_checkpoints(result.run_url)] == [4, 8]
+    losses = [v for _, v in _scalars(tmp_path / "tb" / "fixed", "train/loss")]
+    assert len(losses) == 8 and losses[-1] < 0.6 * losses[0], losses
+    for tag in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/val_mse"):
+        assert _scalars(tmp_path / "tb" / "fixed", tag), tag
+    lrs = [v for _, v in _scalars(tmp_path / "tb" / "fixed", "train/lr")]
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and max(lrs) <= cfg.lr  # cosine to 0
+    meta = read_metadata(result.checkpoint.export_url)
+    assert meta["step"] == 8 and meta["epoch"] == 2 and meta["train"]["zero_stage"] == 2
+    import fsspec
+
+    with fsspec.open(f"{result.checkpoint.export_url}/model.safetensors", "rb") as f:
+        weights = safetensors.torch.load(f.read())
+    model = task.build_model()
+    model.load_state_dict(weights)  # plain torch: no DeepSpeed, no Ray
+    with torch.no_grad():  # the exported weights are those the workers validated
+        assert task.evaluate(model, rank=0, world_size=1)["mse"] == pytest.approx(
+            meta["metrics"]["val_mse"], rel=1e-5)
+
+    # re-submitted with more steps: a new trainer resumes the run from step 8 in storage
+    longer = fit(task, TrainConfig(**{**cfg.__dict__, "steps": 12}))
+    assert [c.step for c in list_checkpoints(result.run_url)] == [4, 8, 12]
+    assert len(_scalars(tmp_path / "tb" / "fixed", "train/loss")) == 12
+    assert longer.checkpoint.epoch == 3  # 12 batches of 3 per epoch: epochs 0..3 consumed
+
+
+@pytest.mark.ray
+def test_worker_failure_resumes_to_planned_step_and_data_position(ray_local, tmp_path):
+    from madis.train import fit
+
+    # 4 batches per epoch, 10 steps: rank 1 crashes when asked for batch 7 (epoch 1), after
+    # the checkpoint at step 6; Ray restarts the workers from it and the run must end as one
+    # that never crashed: 10 steps, step s trained on batch s-1 of the planned order.
+    cfg = _cfg(tmp_path, "crash", steps=10, checkpoint_every=3, max_failures=1)
+    marker = tmp_path / "crashed"
+    task = RegressionTask(fail_at=(1, 7), fail_marker=str(marker))
+    result = fit(task, cfg)
+    assert marker.exists(), "the injected failure did happen"
+    assert result.checkpoint.step == 10
+    assert [c.step for c in list_checkpoints(result.run_url)] == [6, 9, 10]  # keep 3
+    with open(os.path.join(result.checkpoint.url, TRAIN_STATE)) as f:
+        state = json.load(f)
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (10, 2, 2)
+    assert state["samples"] == 10 * 2 * cfg.batch_size
+    positions = dict(_scalars(tmp_path / "tb" / "crash", "train/position"))
+    assert positions == {s: float(s - 1) for s in range(1, 11)}
+
+    # a re-submitted job that already reached its steps returns the same checkpoint at once
+    again = fit(task, cfg)
+    assert again.checkpoint.url == result.checkpoint.url
+
+
+@pytest.mark.ray
+def test_consecutive_nan_losses_stop_with_last_good_checkpoint(ray_local, tmp_path):
+    from madis.train import NonFiniteLossError, fit
+
+    cfg = _cfg(tmp_path, "nan", steps=20, checkpoint_every=4, max_bad_steps=3, zero_stage=0)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses at step 6") as err:
+        fit(RegressionTask(nan_from=6), cfg)
+    assert err.value.last_checkpoint.step == 4
+    assert [c.step for c in list_checkpoints(str(tmp_path / "storage" / "nan"))] == [4]
