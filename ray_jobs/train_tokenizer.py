@@ -13,7 +13,6 @@ reconstruction MPJPE and codebook use are printed and stored as ``report.json`` 
 from __future__ import annotations
 
 import argparse
-import json
 
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
@@ -21,7 +20,7 @@ from madis.tokenizer import TokenizerConfig
 from madis.tokenizer.evaluate import evaluate_tokenizer
 from madis.tokenizer.task import TokenizerTask
 from madis.tokenizer.token_shards import write_token_shards
-from madis.train import fit, train_config
+from madis.train import fit, train_config, write_report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,12 +55,7 @@ def main(argv=None) -> dict:
         "url": result.checkpoint.export_url, "step": result.checkpoint.step}})
     report["tokens"] = {"url": tokens_url,
                         "samples": {k: v["samples"] for k, v in manifest["splits"].items()}}
-    text = json.dumps(report, indent=2)
-    import fsspec
-
-    with fsspec.open(f"{result.run_url}/report.json", "w") as f:
-        f.write(text)
-    print(text)
+    print(write_report(result.run_url, report))
     return report
 
 

@@ -46,6 +46,18 @@ def test_readers_ignore_checkpoints_without_marker(tmp_path):
     assert list_checkpoints(str(tmp_path / "absent")) == []
 
 
+def test_resuming_with_another_worker_count_is_refused_before_starting(tmp_path):
+    from madis.train import fit
+
+    ckpt = tmp_path / "storage" / "r" / "checkpoint_00000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / TRAIN_STATE).write_text(json.dumps({"step": 4, "world_size": 2}))
+    (ckpt / COMPLETE).write_text(json.dumps({"step": 4, "epoch": 1}))
+    with pytest.raises(ConfigError, match="trained by 2 workers; resume it with train.workers=2"):
+        fit(RegressionTask(), TrainConfig(run_name="r", storage_path=str(tmp_path / "storage"),
+                                          workers=1, steps=8))
+
+
 # --------------------------------------------------------------------------- real Ray
 
 def _cfg(tmp_path, name, **kw):

@@ -6,7 +6,7 @@ load Ray on first use.
 """
 
 from madis.train.checkpoints import (
-    CheckpointInfo, latest_checkpoint, list_checkpoints, read_metadata,
+    CheckpointInfo, latest_checkpoint, list_checkpoints, read_metadata, write_report,
 )
 from madis.train.config import TrainConfig, train_config
 from madis.train.task import Task
@@ -24,4 +24,4 @@ def __getattr__(name):
 
 
 __all__ = sorted({"CheckpointInfo", "Task", "TrainConfig", "latest_checkpoint",
-                  "list_checkpoints", "read_metadata", "train_config"} | _LAZY)
+                  "list_checkpoints", "read_metadata", "train_config", "write_report"} | _LAZY)

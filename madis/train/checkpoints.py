@@ -105,3 +105,11 @@ def read_metadata(export_url: str) -> dict[str, Any]:
     fs, root = fsspec.core.url_to_fs(str(export_url))
     with fs.open(_join(root, METADATA), "r") as f:
         return json.load(f)
+
+
+def write_report(run_url: str, report: dict[str, Any], name: str = "report.json") -> str:
+    """Write a job's final report as JSON into its run directory; returns the JSON text."""
+    text = json.dumps(report, indent=2)
+    with fsspec.open(_join(str(run_url), name), "w") as f:
+        f.write(text)
+    return text

@@ -156,6 +156,19 @@ def _grad_norm(engine) -> float:
     return float(norm)
 
 
+def _peak_mem_mb(device) -> float:
+    """The largest peak memory of any rank, MiB: GPU allocations, or the process's max RSS."""
+    if device.type == "cuda":
+        mine = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        import resource
+
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    t = torch.tensor([mine], device=device, dtype=torch.float64)
+    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
+    return float(t.item())
+
+
 def _scalar(v) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -183,8 +196,7 @@ def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict
 
     local = tempfile.mkdtemp(prefix=f"madis-ckpt-r{rank}-")
     try:
-        engine.save_checkpoint(os.path.join(local, DEEPSPEED_DIR), tag=f"step{state.step}",
-                               client_state={"train_state": to_dict(state)})
+        engine.save_checkpoint(os.path.join(local, DEEPSPEED_DIR), tag=f"step{state.step}")
         export = os.path.join(local, EXPORT_DIR)
         _export_module(engine, cfg, task, export, rank)
         if rank == 0:
@@ -390,6 +402,7 @@ class _Worker:
         self.metrics = {**means, "lr": lr,
                         "grad_norm": grad_norm if grad_norm is not None else _grad_norm(self.engine),
                         "samples_per_s": samples / elapsed,
+                        "peak_mem_mb": _peak_mem_mb(self.device),
                         "skipped_batches": self.state.skipped_batches}
         if self.writer is not None:
             for k, v in self.metrics.items():
@@ -462,6 +475,7 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
         :class:`FitResult` with the final complete checkpoint.
 
     Raises:
+        ConfigError: the run exists with another number of workers.
         NonFiniteLossError: the run stopped on consecutive NaN/inf losses.
         ray.train.TrainingFailedError: a worker failed more than ``max_failures`` times.
     """
@@ -473,9 +487,16 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
     url = run_url(cfg)
     planned = total_steps(cfg, task, cfg.workers)
     last = latest_checkpoint(url)
-    if last is not None and last.step >= planned:
-        return FitResult(checkpoint=last, metrics=dict(last.metrics), run_url=url)  # done already
     fs, root = fsspec.core.url_to_fs(url)
+    if last is not None:
+        with fs.open(f"{root}/{last.url.rstrip('/').rsplit('/', 1)[-1]}/{TRAIN_STATE}") as f:
+            written_by = json.load(f)["world_size"]
+        if written_by != cfg.workers:
+            raise ConfigError(f"run {url} was trained by {written_by} workers; resume it with "
+                              f"train.workers={written_by} (the data position is per rank) or "
+                              f"start a new train.run_name")
+        if last.step >= planned:
+            return FitResult(checkpoint=last, metrics=dict(last.metrics), run_url=url)  # done
     if fs.exists(f"{root}/{STOPPED}"):
         fs.rm(f"{root}/{STOPPED}")  # a re-submitted job gets a fresh chance
     storage_path, storage_fs = storage_for_ray(cfg.storage_path)
