@@ -55,6 +55,9 @@ def test_backbone_is_bidirectional_and_ignores_padding(model):
         alone = model.encode_texts(["short"], ["ase"])
         h4 = _sign_hidden(model, alone, tokens[:1], masked[:1])
         assert torch.allclose(h1[0, pad:], h4[0], atol=1e-5)
+        # without padding no mask is built at all: still bidirectional
+        h5 = _sign_hidden(model, alone, tokens[:1], masked2[:1])
+        assert (h4[0, 0] - h5[0, 0]).abs().max() > 1e-4
 
 
 def test_text_prompt_and_byte_tokenizer():
@@ -151,6 +154,11 @@ def test_generate_shapes_stages_and_truncation(model):
     # N=12, K=6: stages of 3, 3, 6 positions get 2, 1, 3 steps -> boundaries after steps 2 and 3
     assert torch.equal(~out.trace[1], (pos % 4 == 0).expand(3, -1))
     assert torch.equal(~out.trace[2], (pos % 2 == 0).expand(3, -1))
+    motions = model.decode_motion(out)
+    assert [m.shape[0] for m in motions] == [4 * int(n) for n in out.lengths]
+    assert all(m.shape[1] == 133 for m in motions)
+    with pytest.raises(ValueError):
+        model.generate([], [])
     # greedy decoding of a padded batch equals decoding each sentence alone
     alone = model.generate(TEXTS[1:2], LANGS[1:2], num_steps=6)
     assert torch.equal(alone.tokens[0], out.tokens[1])
@@ -173,6 +181,14 @@ def test_speedups_that_must_not_change_outputs(tok):
     lt = text.ids.shape[1]
     assert torch.allclose(a[:, :lt][text.valid], b[:, :lt][text.valid], atol=1e-6)
     assert (a[:, lt:] - b[:, lt:]).abs().max() > 1e-4
+
+
+def test_stage_cache_is_exact_with_one_step_per_stage(model):
+    """Each stage's first step reuses the stage's full pass, so with K = number of stages the
+    approximate stage cache must reproduce exact decoding."""
+    exact = model.generate(TEXTS, LANGS, num_steps=3)
+    assert torch.equal(model.generate(TEXTS, LANGS, num_steps=3, stage_kv_cache=True).tokens,
+                       exact.tokens)
 
 
 def test_approximate_speedups_run(model):

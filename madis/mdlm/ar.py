@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
-from madis.mdlm.backbone import DTYPES
+from madis.mdlm.backbone import DTYPES, backbone_hidden
 from madis.mdlm.base import Generation, SignLanguageModel, positions
 from madis.mdlm.config import ModelConfig
 from madis.mdlm.embedding import SignEmbedding
@@ -40,8 +40,7 @@ class ARBaseline(SignLanguageModel):
 
     def _hidden(self, x: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor,
                 cache: DynamicCache | None = None) -> torch.Tensor:
-        return self.backbone.model(inputs_embeds=x, attention_mask=attn, position_ids=pos,
-                                   cache=cache, use_cache=cache is not None).last_hidden_state
+        return backbone_hidden(self.backbone, x, attn, pos, cache)
 
     def loss(self, batch: Mapping[str, Any], stage: str = "finetune", *,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -86,7 +85,7 @@ class ARBaseline(SignLanguageModel):
         return total, {"loss": total.detach(), "loss_token": l_sign.detach(),
                        "loss_text": l_text.detach(), "acc_body": acc.detach()}
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, texts: list[str], langs: list[str] | None = None, *,
                  num_steps: int | None = None, sampler: str | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,

@@ -66,3 +66,20 @@ def extend_vocabulary(model: Qwen3ForCausalLM, size: int) -> None:
     of the old ones (transformers' ``mean_resizing``) so the special tokens begin in-distribution."""
     if model.get_input_embeddings().weight.shape[0] != size:
         model.resize_token_embeddings(size, mean_resizing=True)
+
+
+def backbone_hidden(model: Qwen3ForCausalLM, inputs_embeds: torch.Tensor,
+                    attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+                    cache: Any = None) -> torch.Tensor:
+    """Last hidden states ``[B, S, d]`` (after the final norm) for ``inputs_embeds [B, S, d]``.
+
+    ``attention_mask`` is a 2-D key mask ``[B, past + S]`` or a 4-D boolean mask; a 2-D mask
+    with no padding is dropped, so transformers builds no mask at all (the backbone's
+    ``is_causal`` alone then decides, which is what that mask would have said). With ``cache``
+    (a ``DynamicCache``) the new keys/values are appended to it.
+    """
+    if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
+        attention_mask = None
+    out = model.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                      position_ids=position_ids, cache=cache, use_cache=cache is not None)
+    return out.last_hidden_state

@@ -168,8 +168,10 @@ class SignLanguageModel(nn.Module):
         separator and left-pad. Returns a :class:`TextBatch` on the model's device.
 
         Raises:
-            ValueError: ``langs`` has a different length than ``texts``.
+            ValueError: no texts, or ``langs`` of a different length than ``texts``.
         """
+        if not texts:
+            raise ValueError("no texts given")
         if langs is None:
             langs = [""] * len(texts)
         if len(langs) != len(texts):
@@ -230,6 +232,19 @@ class SignLanguageModel(nn.Module):
                            torch.where(pos[None, :] == n[:, None], v.eos_class, v.pad_class))
         hands = torch.where(real[..., None], tokens[..., 1:], IGNORE)
         return torch.cat([body[..., None], hands], -1), n
+
+    @torch.no_grad()
+    def decode_motion(self, generation: Generation) -> list[torch.Tensor]:
+        """Generated tokens -> one motion per sentence, ``[4 * length, D]`` in the motion
+        format's units, through the frozen tokenizer's decoders.
+
+        Raises:
+            ValueError: no tokenizer attached.
+        """
+        if self.tokenizer is None:
+            raise ValueError("decoding motion needs the tokenizer: attach_tokenizer(tok) first")
+        motion = self.tokenizer.decode(generation.tokens)
+        return [motion[b, : 4 * int(n)] for b, n in enumerate(generation.lengths)]
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:

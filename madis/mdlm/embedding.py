@@ -69,8 +69,14 @@ class SignEmbedding(nn.Module):
             g = g / g.sum(-1, keepdim=True)
         return g
 
-    def forward(self, tokens: torch.Tensor, masked: torch.Tensor,
-                embed_tokens: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def tables(self, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        """``FC_p(C_p)`` for every code, ``[K_p, d_model]`` per part: projecting the codebooks
+        once and gathering rows equals projecting each position's code row."""
+        dtype = dtype or self.part_fc[0].weight.dtype
+        return [self.part_fc[p](self.codebook(p).to(dtype)) for p in range(3)]
+
+    def forward(self, tokens: torch.Tensor, masked: torch.Tensor, embed_tokens: nn.Embedding,
+                tables: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Embed sign positions.
 
         Args:
@@ -78,24 +84,31 @@ class SignEmbedding(nn.Module):
                 entries of masked positions are ignored.
             masked: bool ``[B, N]``.
             embed_tokens: the backbone's (extended) input embedding.
+            tables: :meth:`tables`, when the caller reuses them across calls (decoding).
         Returns:
-            (embeddings ``[B, N, d_model]``, gates ``[B, N, 3]`` or None for ``simple_avg``).
+            (embeddings ``[B, N, d_model]``, gates ``[B, N, 3]`` -- zeros at masked and
+            special positions -- or None for ``simple_avg``).
         """
         vocab = self.vocab
         kb = vocab.codebook_sizes[0]
         special = tokens[..., 0] >= kb
-        codes = torch.stack([tokens[..., p].clamp(0, vocab.codebook_sizes[p] - 1)
-                             for p in range(3)], -1)
-        dtype = embed_tokens.weight.dtype
-        if self.variant == "simple_avg":
-            rows = embed_tokens(vocab.sign_vocab_ids(codes))  # b, n, 3, d
-            sign = (rows * self.avg_weights.to(rows.dtype)[:, None]).sum(-2)
-            gates = None
-        else:
-            u = torch.stack([self.part_fc[p](self.codebook(p).to(dtype))[codes[..., p]]
-                             for p in range(3)], -2)  # b, n, 3, d
-            gates = self.gates(u)
-            sign = (gates.to(u.dtype)[..., None] * u).sum(-2)
         special_id = torch.where(masked, vocab.mask_id, vocab.eos_id + (tokens[..., 0] - kb).clamp(0, 1))
-        plain = embed_tokens(special_id)
-        return torch.where((masked | special)[..., None], plain, sign), gates
+        out = embed_tokens(special_id)  # b, n, d: right for masked and special positions
+        gates = None
+        if self.variant != "simple_avg":
+            gates = out.new_zeros(out.shape[:-1] + (3,), dtype=torch.float32)
+        rows, cols = (~(masked | special)).nonzero(as_tuple=True)
+        if rows.numel() == 0:
+            return out, gates
+        codes = torch.stack([tokens[rows, cols, p].clamp(0, vocab.codebook_sizes[p] - 1)
+                             for p in range(3)], -1)  # m, 3
+        if self.variant == "simple_avg":
+            parts = embed_tokens(vocab.sign_vocab_ids(codes))  # m, 3, d
+            sign = (parts * self.avg_weights.to(parts.dtype)[:, None]).sum(-2)
+        else:
+            tables = tables if tables is not None else self.tables(out.dtype)
+            u = torch.stack([tables[p][codes[:, p]] for p in range(3)], -2)  # m, 3, d
+            g = self.gates(u)
+            sign = (g.to(u.dtype)[..., None] * u).sum(-2)
+            gates = gates.index_put((rows, cols), g)
+        return out.index_put((rows, cols), sign.to(out.dtype)), gates

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
-from madis.mdlm.backbone import DTYPES
+from madis.mdlm.backbone import DTYPES, backbone_hidden
 from madis.mdlm.base import Generation, SignLanguageModel, TextBatch, positions
 from madis.mdlm.config import ModelConfig
 from madis.mdlm.embedding import SignEmbedding
@@ -75,10 +75,7 @@ class MaDiSModel(SignLanguageModel):
     def hidden(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                position_ids: torch.Tensor, cache: DynamicCache | None = None) -> torch.Tensor:
         """Last hidden states ``[B, S, d_model]`` of the backbone (after its final norm)."""
-        out = self.backbone.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                  position_ids=position_ids, cache=cache,
-                                  use_cache=cache is not None)
-        return out.last_hidden_state
+        return backbone_hidden(self.backbone, inputs_embeds, attention_mask, position_ids, cache)
 
     def mop_gates(self, tokens: torch.Tensor) -> torch.Tensor | None:
         """MoP gate weights ``[B, N, 3]`` of unmasked codes ``tokens [B, N, 3]`` (Figure 7);
@@ -105,7 +102,7 @@ class MaDiSModel(SignLanguageModel):
         Returns:
             (scalar loss, metrics: detached scalars ``loss_token``, ``loss_latent``,
             ``loss_physical``, ``mask_ratio``, ``acc_body``, and the mean MoP gates
-            ``gate_body``/``gate_lhand``/``gate_rhand`` over real positions).
+            ``gate_body``/``gate_lhand``/``gate_rhand`` over unmasked real positions).
         Raises:
             ValueError: unknown stage, malformed batch, or a latent/physical loss without a
                 tokenizer (or physical without motion).
@@ -177,8 +174,9 @@ class MaDiSModel(SignLanguageModel):
             "acc_body": (sign_logits[0].argmax(-1) == targets[rs, cs, 0]).float().mean().detach()
             if rs.numel() else zero.detach(),
         }
-        if gates is not None and real.any():
-            g = gates[real].mean(0).detach()
+        shown = real & ~sign_masked
+        if gates is not None and shown.any():
+            g = gates[shown].mean(0).detach()
             metrics.update({f"gate_{p}": g[i] for i, p in enumerate(PARTS)})
         return total, metrics
 
@@ -217,7 +215,7 @@ class MaDiSModel(SignLanguageModel):
         return physical_loss(recon, target, frames, fmt.part_index)
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, texts: list[str], langs: list[str] | None = None, *,
                  num_steps: int | None = None, sampler: str | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,
@@ -290,12 +288,15 @@ class _StepDecoder:
         self.num_pos = model.cfg.num_positions
         self.lt = text.ids.shape[1]
         self.embed = model.embed_tokens()
+        self.tables = None if model.cfg.embedding == "simple_avg" else model.sign_embedding.tables()
         self.text_emb = self.embed(text.ids)
         self.pos = positions(text, self.num_pos)
         self.stage_of = utc_stage_of_positions(self.num_pos, checkpoints, text.ids.device)
         self.eos = model.vocab.eos_class
         self.text_cache: DynamicCache | None = None
         self.stage_cache: DynamicCache | None = None
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._full: DynamicCache | None = None
         if opts.text_kv_cache:
             self.text_cache = DynamicCache(config=model.backbone.config)
             model.hidden(self.text_emb, text.valid, self.pos[:, : self.lt], self.text_cache)
@@ -311,47 +312,65 @@ class _StepDecoder:
         return pos[None, :] <= first[:, None]
 
     def stage_start(self, stage: int, tokens: torch.Tensor, masked: torch.Tensor) -> None:
-        """Full forward over every position; keep the keys/values of all positions outside
-        this stage (text, earlier stages' tokens, later stages' [M]) for the stage's steps."""
-        m = self.m
+        """Full forward over every live position; keep the keys/values of the positions outside
+        this stage (text, earlier stages' tokens, later stages' [M]) for the stage's steps.
+        The pass's own outputs serve the stage's first step, which they compute exactly."""
+        m, lt = self.m, self.lt
         alive = self.alive(tokens, masked)
-        sign_emb, _ = m.sign_embedding(tokens, masked, self.embed)
-        full = DynamicCache(config=m.backbone.config)
-        x = torch.cat([self.text_emb, sign_emb], 1)
-        m.hidden(x, m.attention_mask(self.text.valid, alive), self.pos, full)
-        self.active = (self.stage_of == stage).nonzero()[:, 0]
-        keep = torch.cat([torch.arange(self.lt, device=x.device),
-                          self.lt + (self.stage_of != stage).nonzero()[:, 0]])
-        self.other = keep[self.lt:] - self.lt
+        ns = int(alive.sum(1).max())
+        cols = torch.arange(ns, device=tokens.device)
+        h = self._run(tokens, masked, alive, cols, keep_cache=True)
+        self.pending = (h, cols)
+        in_stage = self.stage_of[:ns] == stage
+        self.active, self.other = cols[in_stage], cols[~in_stage]
+        keep = torch.cat([torch.arange(lt, device=cols.device), lt + self.other])
         self.stage_cache = DynamicCache(config=m.backbone.config)
-        for i, layer in enumerate(full.layers):
+        for i, layer in enumerate(self._full.layers):
             self.stage_cache.update(layer.keys[:, :, keep], layer.values[:, :, keep], i)
+        if self.text_cache is not None:
+            self.text_cache.crop(-ns)
+        self._full = None
+
+    def _run(self, tokens: torch.Tensor, masked: torch.Tensor, alive: torch.Tensor,
+             cols: torch.Tensor, keep_cache: bool = False) -> torch.Tensor:
+        """Hidden states ``[B, len(cols), d]`` of sign positions ``cols`` (a prefix ``0..ns-1``
+        unless a stage cache supplies the other positions' keys/values)."""
+        m, lt = self.m, self.lt
+        emb, _ = m.sign_embedding(tokens[:, cols], masked[:, cols], self.embed, self.tables)
+        pos = self.pos[:, lt + cols]
+        if self.stage_cache is not None and not keep_cache:
+            attn = torch.cat([self.text.valid, alive[:, self.other], alive[:, cols]], 1)
+            h = m.hidden(emb, attn, pos, self.stage_cache)
+            self.stage_cache.crop(-len(cols))
+        elif self.text_cache is not None:
+            attn = torch.cat([self.text.valid, alive[:, cols]], 1)
+            h = m.hidden(emb, attn, pos, self.text_cache)
+            if keep_cache:
+                self._full = self.text_cache
+            else:
+                self.text_cache.crop(-len(cols))
+        else:
+            cache = DynamicCache(config=m.backbone.config) if keep_cache else None
+            x = torch.cat([self.text_emb, emb], 1)
+            attn = m.attention_mask(self.text.valid, alive[:, cols])
+            h = m.hidden(x, attn, torch.cat([self.pos[:, :lt], pos], 1), cache)[:, lt:]
+            self._full = cache
+        return h
 
     def predict(self, tokens: torch.Tensor, masked: torch.Tensor,
                 query: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        m, lt = self.m, self.lt
         alive = self.alive(tokens, masked)
-        if self.stage_cache is not None:
-            a = self.active
-            emb, _ = m.sign_embedding(tokens[:, a], masked[:, a], self.embed)
-            attn = torch.cat([self.text.valid, alive[:, self.other], alive[:, a]], 1)
-            h_a = m.hidden(emb, attn, self.pos[:, lt + a], self.stage_cache)
-            self.stage_cache.crop(-len(a))
-            h = h_a.new_zeros(h_a.shape[0], self.num_pos, h_a.shape[-1])
-            h[:, a] = h_a
+        if self.pending is not None:
+            (h, cols), self.pending = self.pending, None
+        elif self.stage_cache is not None:
+            # the stage's own positions, up to the last row's first [EOS]
+            cols = self.active[alive[:, self.active].any(0)]
+            h = self._run(tokens, masked, alive, cols)
         else:
             # with drop_after_eos the sequence ends at the last row's first [EOS]
-            ns = int(alive.sum(1).max())
-            emb, _ = m.sign_embedding(tokens[:, :ns], masked[:, :ns], self.embed)
-            if self.text_cache is not None:
-                attn = torch.cat([self.text.valid, alive[:, :ns]], 1)
-                h = m.hidden(emb, attn, self.pos[:, lt: lt + ns], self.text_cache)
-                self.text_cache.crop(-ns)
-            else:
-                x = torch.cat([self.text_emb, emb], 1)
-                h = m.hidden(x, m.attention_mask(self.text.valid, alive[:, :ns]),
-                             self.pos[:, : lt + ns])[:, lt:]
-            query = query[:, :ns]
+            cols = torch.arange(int(alive.sum(1).max()), device=tokens.device)
+            h = self._run(tokens, masked, alive, cols)
+        q = query[:, cols]  # every queried position is among cols
         if self.opts.logits_masked_only:
-            return m.heads(h[query])
-        return tuple(lg[query] for lg in m.heads(h))
+            return self.m.heads(h[q])
+        return tuple(lg[q] for lg in self.m.heads(h))
