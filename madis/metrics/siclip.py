@@ -4,8 +4,9 @@ Sign side (decoupled, SOKE-style): the z-scored motion is split into the format'
 each part has its own temporal Conv1d encoder down-sampling 4x (one feature per sign-token
 position, like the tokenizer's pre-quantisation features); the three part features are
 concatenated, fused by a linear layer and a small transformer. Text side: a small transformer
-over UTF-8 bytes (the MDLM's byte tokenizer, ``madis.mdlm.text.ByteTokenizer``). Each side ends in an MLP projection into the shared space (512-d in the paper
-profile) and a learned token-weight head. Objective (paper Table 6): global InfoNCE plus the
+over UTF-8 bytes (the MDLM's byte tokenizer, ``madis.mdlm.text.ByteTokenizer``). Each side ends
+in an MLP projection into the shared space (512-d in the paper profile) and a learned
+token-weight head. Objective (paper Table 6): global InfoNCE plus the
 CiCo-style fine-grained token-wise loss, both symmetric cross-entropies with one learned logit
 scale (see :mod:`madis.metrics.contrastive`).
 
