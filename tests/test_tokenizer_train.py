@@ -55,7 +55,8 @@ def test_evaluate_mpjpe_matches_a_direct_computation(tiny_shards):
     report = evaluate_tokenizer(tok, tiny_shards, "val")
     assert report["samples"] == 6 and report["units"] == "shoulder widths"
     # keypoint joints are the points themselves: the right-hand MPJPE by hand
-    dists = []
+    dists, base = [], []
+    mean_pts = tok.mean.reshape(-1, 3)[POINT_SLICES["rhand"]]
     for batch in iter_batches(tiny_shards, "val", 16, shuffle=False):
         recon = tok.decode(tok.encode(batch["motion"], batch["mask"]))
         for b in range(len(recon)):
@@ -64,7 +65,10 @@ def test_evaluate_mpjpe_matches_a_direct_computation(tiny_shards):
             rec = recon[b, :n].reshape(n, -1, 3)[:, POINT_SLICES["rhand"]]
             ok = batch["valid"][b, :n, 2]
             dists.append((pts - rec).norm(dim=-1)[ok].flatten())
+            base.append((pts - mean_pts).norm(dim=-1)[ok].flatten())
     dists = torch.cat(dists)
+    assert report["mean_pose_mpjpe_rhand"] == pytest.approx(float(torch.cat(base).mean()),
+                                                            rel=1e-4)
     assert len(dists) > 0
     assert report["mpjpe_rhand"] == pytest.approx(float(dists.mean()), rel=1e-4)
     parts = [report[f"mpjpe_{p}"] for p in ("body", "lhand", "rhand")]

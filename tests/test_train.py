@@ -141,8 +141,15 @@ def test_worker_failure_resumes_to_planned_step_and_data_position(ray_local, tmp
 def test_consecutive_nan_losses_stop_with_last_good_checkpoint(ray_local, tmp_path):
     from madis.train import NonFiniteLossError, fit
 
-    cfg = _cfg(tmp_path, "nan", steps=20, checkpoint_every=4, max_bad_steps=3, zero_stage=0)
+    # ZeRO-3 here: parameters are partitioned, so the export must gather them first
+    cfg = _cfg(tmp_path, "nan", steps=20, checkpoint_every=4, max_bad_steps=3, zero_stage=3)
+    task = RegressionTask(nan_from=6)
     with pytest.raises(NonFiniteLossError, match="3 consecutive non-finite losses at step 6") as err:
-        fit(RegressionTask(nan_from=6), cfg)
-    assert err.value.last_checkpoint.step == 4
+        fit(task, cfg)
+    last = err.value.last_checkpoint
+    assert last.step == 4
     assert [c.step for c in list_checkpoints(str(tmp_path / "storage" / "nan"))] == [4]
+    model = task.load_export(last.export_url)
+    with torch.no_grad():
+        assert task.evaluate(model, rank=0, world_size=1)["mse"] == pytest.approx(
+            last.metrics["val_mse"], rel=1e-5)

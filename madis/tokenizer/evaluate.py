@@ -36,7 +36,8 @@ def evaluate_tokenizer(tokenizer: DecoupledTokenizer, shards: str, split: str = 
     split. ``mpjpe_mean`` averages the parts that have a value.
 
     Returns:
-        ``{"split", "samples", "units", "mpjpe_<part>", "mpjpe_mean", "perplexity_<part>",
+        ``{"split", "samples", "units", "mpjpe_<part>", "mpjpe_mean", "mean_pose_mpjpe_<part>"
+        (the baseline of reconstructing every frame as the corpus mean pose), "perplexity_<part>",
         "codes_used_<part>", "codebook_size_<part>"}``; MPJPE entries are ``None`` with an
         ``mpjpe_error`` when the format's joints cannot be computed (an SMPL-X model missing).
 
@@ -51,6 +52,8 @@ def evaluate_tokenizer(tokenizer: DecoupledTokenizer, shards: str, split: str = 
     counts = [np.zeros(k, np.int64) for k in tokenizer.codebook_sizes]
     err_sum = np.zeros(3)
     err_n = np.zeros(3)
+    base_sum = np.zeros(3)  # baseline: every frame reconstructed as the corpus mean pose
+    mean_joints = fmt.joints(tokenizer.mean.cpu().numpy()[None])
     samples = 0
     mpjpe_error = None
     for i, batch in enumerate(iter_batches(shards, split, batch_size, shuffle=False)):
@@ -79,9 +82,12 @@ def evaluate_tokenizer(tokenizer: DecoupledTokenizer, shards: str, split: str = 
                 dist = np.linalg.norm(ref[p] - out[p], axis=-1)[valid[:, j]]  # frames, joints
                 err_sum[j] += dist.sum()
                 err_n[j] += dist.size
+                base_sum[j] += np.linalg.norm(ref[p] - mean_joints[p], axis=-1)[valid[:, j]].sum()
     result: dict[str, Any] = {"split": split, "samples": samples, "units": fmt.units}
     for j, p in enumerate(PARTS):
         result[f"mpjpe_{p}"] = None if mpjpe_error or not err_n[j] else float(err_sum[j] / err_n[j])
+        result[f"mean_pose_mpjpe_{p}"] = (None if mpjpe_error or not err_n[j]
+                                          else float(base_sum[j] / err_n[j]))
     parts = [result[f"mpjpe_{p}"] for p in PARTS if result[f"mpjpe_{p}"] is not None]
     result["mpjpe_mean"] = float(np.mean(parts)) if parts else None
     if mpjpe_error:
