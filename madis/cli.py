@@ -18,6 +18,7 @@ from typing import Sequence
 COMMAND_GROUPS: list[tuple[str, str]] = [
     ("data", "madis.data.cli"),
     ("eval", "madis.metrics.cli"),
+    ("generate", "madis.mdlm.cli"),
     ("render", "madis.viz.cli"),
 ]
 

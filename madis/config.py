@@ -167,3 +167,18 @@ def load_tree(
 def section(tree: Mapping[str, Any], name: str, cls: type[T]) -> T:
     """Build section ``name`` of a loaded tree as dataclass ``cls`` (defaults when absent)."""
     return from_dict(cls, tree.get(name) or {}, where=name)
+
+
+def job_section(tree: Mapping[str, Any], name: str, job: str | None, cls: type[T]) -> T:
+    """Section ``name`` overridden field by field by section ``{name}_{job}`` (e.g. ``train`` and
+    ``train_pretrain``), built as dataclass ``cls``; ``job`` None reads ``name`` alone.
+
+    Raises:
+        ConfigError: an unknown field or a bad value in either section.
+    """
+    merged = dict(tree.get(name) or {})
+    where = name
+    if job:
+        merged.update(tree.get(f"{name}_{job}") or {})
+        where = f"{name}/{name}_{job}"
+    return from_dict(cls, merged, where)

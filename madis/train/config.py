@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from madis.config import ConfigError, from_dict
+from madis.config import ConfigError, job_section
 
 
 @dataclass
@@ -93,9 +93,4 @@ def train_config(tree: Mapping[str, Any], job: str | None = None) -> TrainConfig
     Raises:
         ConfigError: an unknown field or a bad value in either section.
     """
-    merged = dict(tree.get("train") or {})
-    where = "train"
-    if job:
-        merged.update(tree.get(f"train_{job}") or {})
-        where = f"train/train_{job}"
-    return from_dict(TrainConfig, merged, where)
+    return job_section(tree, "train", job, TrainConfig)

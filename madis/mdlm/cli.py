@@ -1,0 +1,117 @@
+"""``madis generate TEXT --lang LANG``: text to sign tokens and motion with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "generate", help="generate sign tokens and motion for texts with a trained model",
+        description="Decode each TEXT with a fine-tuned MaDiS checkpoint (UTC unmasking by "
+                    "default), print its part tokens and write the motion (format units) as "
+                    "OUT/<i>_<lang>_<text>.motion.npy, the tokens as .tokens.npy, and with --gif "
+                    "a skeleton animation. The checkpoint defaults to the newest complete one of "
+                    "the fine-tuning run in the profile's storage.")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--lang", action="append", required=True, metavar="LANG",
+                   help="sign language code (e.g. ase, gsg); once for all texts or once per text")
+    p.add_argument("--checkpoint", metavar="URL",
+                   help="checkpoint directory or its export (directory or s3://...)")
+    p.add_argument("--config", default="cpu-tiny", help="profile locating the default checkpoint")
+    p.add_argument("--storage", help="run storage (default: the profile's train.storage_path)")
+    p.add_argument("--run-name", help="run to take the newest checkpoint of "
+                                      "(default: train_finetune.run_name)")
+    p.add_argument("-o", "--out", default="generated", help="output directory (default: %(default)s)")
+    p.add_argument("--gif", action="store_true", help="also render OUT/<name>.gif (madis.viz)")
+    p.add_argument("--num-steps", type=int, help="unmasking steps K (default: the model's)")
+    p.add_argument("--sampler", choices=("utc", "vanilla"), help="default: the model's")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default: the model's)")
+    p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
+    p.set_defaults(func=cmd_generate)
+
+
+def default_checkpoint(args: argparse.Namespace) -> str:
+    """Export URL of the newest complete checkpoint of the fine-tuning run.
+
+    Raises:
+        FileNotFoundError: the run holds no complete checkpoint.
+    """
+    from madis.config import load_tree
+    from madis.train.checkpoints import latest_checkpoint
+    from madis.train.jobargs import job_train_config
+    from madis.train.loop import run_url
+
+    cfg = job_train_config(load_tree(args.config), "finetune", argparse.Namespace(
+        storage=args.storage, run_name=args.run_name))
+    url = run_url(cfg)
+    last = latest_checkpoint(url)
+    if last is None:
+        raise FileNotFoundError(f"no complete checkpoint in {url}: run ray_jobs/finetune.py "
+                                f"first or pass --checkpoint")
+    return last.export_url
+
+
+def file_stem(i: int, lang: str, text: str) -> str:
+    """``<i>_<lang>_<text>`` with characters other than ASCII letters, digits, '-' as '_'."""
+    safe = re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")[:40] or "text"
+    return f"{i:02d}_{re.sub(r'[^A-Za-z0-9-]+', '_', lang)}_{safe}"
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from madis.mdlm.task import export_dir, load_generator
+
+    langs = args.lang
+    if len(langs) == 1:
+        langs = langs * len(args.texts)
+    if len(langs) != len(args.texts):
+        print(f"error: {len(args.texts)} texts but {len(langs)} --lang values (give one, or one "
+              f"per text)", file=sys.stderr)
+        return 2
+    try:
+        export = export_dir(args.checkpoint) if args.checkpoint else default_checkpoint(args)
+    except (FileNotFoundError, ValueError) as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    try:
+        model = load_generator(export)
+    except (FileNotFoundError, ValueError) as exn:
+        print(f"error: cannot load a model from {export}: {exn}", file=sys.stderr)
+        return 2
+    g = torch.Generator().manual_seed(args.seed)
+    out = model.generate(list(args.texts), langs, num_steps=args.num_steps, sampler=args.sampler,
+                         temperature=args.temperature, generator=g)
+    with torch.no_grad():
+        motion = model.tokenizer.decode(out.tokens)
+    fmt = model.tokenizer.motion_format
+    fmt_name = fmt if isinstance(fmt, str) else fmt.name
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"checkpoint: {export}")
+    for i, (text, lang) in enumerate(zip(args.texts, langs)):
+        n = int(out.lengths[i])
+        tokens = out.tokens[i, :n].cpu().numpy()
+        frames = motion[i, : 4 * n].cpu().numpy()
+        stem = dest / file_stem(i, lang, text)
+        np.save(f"{stem}.motion.npy", frames.astype(np.float32), allow_pickle=False)
+        np.save(f"{stem}.tokens.npy", tokens.astype(np.int16), allow_pickle=False)
+        print(f"\n[{lang}] {text!r}: {n} sign positions, {4 * n} frames")
+        for j, part in enumerate(("body", "lhand", "rhand")):
+            print(f"  {part:5s} " + " ".join(str(int(t)) for t in tokens[:, j]))
+        print(f"  motion [{frames.shape[0]}, {frames.shape[1]}] ({fmt_name}) -> {stem}.motion.npy")
+        if args.gif:
+            if n == 0:
+                print("  (no frames: nothing to render)")
+                continue
+            from madis.viz import render_motion
+
+            gif = render_motion(frames, f"{stem}.gif", fmt_name, text=f"[{lang}] {text}")
+            print(f"  animation -> {gif}")
+    return 0
+
