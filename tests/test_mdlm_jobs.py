@@ -243,8 +243,7 @@ def _common(tmp_path, steps):
             "train_finetune.warmup_steps=0"]
 
 
-@pytest.mark.ray
-def test_pretrain_then_finetune_jobs_metadata_and_resume(ray_local, token_sets, tmp_path):
+def _pretrain(tmp_path, token_sets):
     pre = _job("pretrain").main(["--shards", token_sets["ase"], token_sets["gsg"],
                                  *_common(tmp_path, 4)])
     run = tmp_path / "runs" / "pretrain"
@@ -252,9 +251,24 @@ def test_pretrain_then_finetune_jobs_metadata_and_resume(ray_local, token_sets, 
     meta = read_metadata(pre["export"])
     assert meta["step"] == 4 and meta["epoch"] == 1  # 20 samples / 2 ranks / 4 = 3 per epoch
     assert meta["task"]["tokenizer_checkpoint"] == token_sets["tokenizer"]
+    assert meta["task"]["shards"] == [token_sets["ase"], token_sets["gsg"]]
     assert meta["task"]["model"]["hidden_size"] == 32 and meta["train"]["zero_stage"] == 2
     for k in ("loss_token", "loss_latent", "loss_physical", "val_loss_token", "val_token_acc"):
         assert np.isfinite(meta["metrics"][k]), k
+    return pre
+
+
+@pytest.mark.ray
+def test_pretrain_job_on_two_datasets_writes_complete_checkpoints_with_metadata(
+        ray_local, token_sets, tmp_path):
+    _pretrain(tmp_path, token_sets)
+
+
+@pytest.mark.slow  # three jobs: minutes on 2 shared cores
+@pytest.mark.ray
+def test_finetune_job_starts_from_newest_pretraining_and_resumes_when_resubmitted(
+        ray_local, token_sets, tmp_path):
+    pre = _pretrain(tmp_path, token_sets)
 
     # fine-tuning finds the newest complete pretraining checkpoint by itself
     fine = _job("finetune").main(["--shards", token_sets["ase"], *_common(tmp_path, 2)])
