@@ -2,7 +2,8 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- python ray_jobs/pretrain.py
     python ray_jobs/pretrain.py --config paper --workers 8 --zero-stage 2 \\
-        --shards s3://corpus/csl/tokens s3://corpus/phoenix/tokens s3://corpus/how2sign/tokens
+        --shards s3://corpus/csl/tokens --shards s3://corpus/phoenix/tokens \\
+        --shards s3://corpus/how2sign/tokens
 
 Set up: the token shard sets (default: the tokens the tokenizer job wrote,
 ``{storage}/{train_tokenizer.run_name}/tokens``) must come from one tokenizer checkpoint, which
@@ -30,8 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="sections used: data, model, model_pretrain, train, train_pretrain")
-    p.add_argument("--shards", nargs="+", default=None, metavar="URL",
-                   help="token shard roots, dirs or s3://... (default: the tokenizer job's tokens)")
+    p.add_argument("--shards", action="append", default=None, metavar="URL",
+                   help="a token shard root, dir or s3://...; repeat it for each dataset "
+                        "(default: the tokenizer job's tokens)")
     add_job_arguments(p)
     return p.parse_args(argv)
 

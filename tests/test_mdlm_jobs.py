@@ -244,7 +244,7 @@ def _common(tmp_path, steps):
 
 
 def _pretrain(tmp_path, token_sets):
-    pre = _job("pretrain").main(["--shards", token_sets["ase"], token_sets["gsg"],
+    pre = _job("pretrain").main(["--shards", token_sets["ase"], "--shards", token_sets["gsg"],
                                  *_common(tmp_path, 4)])
     run = tmp_path / "runs" / "pretrain"
     assert [c.step for c in list_checkpoints(str(run))] == [2, 4] and pre["step"] == 4
