@@ -320,3 +320,26 @@ def test_nan_batches_are_skipped_then_stop_with_last_good_checkpoint(ray_local, 
         fit(task, cfg)
     assert err.value.last_checkpoint.step == 2
     assert [c.step for c in list_checkpoints(str(tmp_path / "runs" / "nan"))] == [1, 2]
+
+
+def test_job_options_override_the_job_section_and_refuse_storage_lost_with_the_job(
+        tmp_path, monkeypatch):
+    import argparse
+
+    from madis.train.jobargs import add_job_arguments, job_train_config
+
+    p = argparse.ArgumentParser()
+    add_job_arguments(p)
+    tree = load_tree("cpu-tiny")
+    args = p.parse_args(["--workers", "3", "--zero-stage", "3", "--gpus-per-worker", "1",
+                         "--steps", "7", "--storage", "s3://b/runs", "train.lr=1"])
+    cfg = job_train_config(tree, "pretrain", args)
+    assert (cfg.workers, cfg.zero_stage, cfg.use_gpu, cfg.steps, cfg.storage_path, cfg.run_name) \
+        == (3, 3, True, 7, "s3://b/runs", "pretrain")
+    assert args.overrides == ["train.lr=1"]
+    job_dir = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_1"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)
+    with pytest.raises(ConfigError, match="relative"):
+        job_train_config(tree, "pretrain", p.parse_args([]))
+    assert job_train_config(tree, "pretrain", p.parse_args(["--storage", str(tmp_path)]))

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from typing import Any, Mapping
 
 from madis.config import ConfigError
 from madis.train.config import TrainConfig, train_config
+
+#: part of the path of the directory ``ray job submit --working-dir`` unpacks a job into
+RAY_WORKING_DIR = "/runtime_resources/working_dir_files/"
 
 
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,6 +53,13 @@ def job_train_config(tree: Mapping[str, Any], job: str, args: argparse.Namespace
     if getattr(args, "gpus_per_worker", None) is not None:
         changes["use_gpu"] = args.gpus_per_worker == 1
     try:
-        return dataclasses.replace(cfg, **changes)
+        cfg = dataclasses.replace(cfg, **changes)
     except (TypeError, ValueError) as exn:
         raise ConfigError(str(exn)) from exn
+    if "://" not in cfg.storage_path and not os.path.isabs(cfg.storage_path) \
+            and RAY_WORKING_DIR in os.getcwd().replace(os.sep, "/"):
+        raise ConfigError(
+            f"train.storage_path {cfg.storage_path!r} is relative and this job runs in Ray's "
+            f"temporary copy of the working directory ({os.getcwd()}): its runs would be lost. "
+            f"Pass --storage with an absolute path or an s3:// URL")
+    return cfg
