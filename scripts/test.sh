@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/setup-browser.sh  # Debian chromium for the demo-page test (root only; else it skips)
 exec scripts/loopback.sh .venv/bin/python -m pytest "$@"

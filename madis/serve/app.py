@@ -1,0 +1,290 @@
+"""The Ray Serve application: text -> sign tokens, motion, ``.pose`` or GIF over HTTP.
+
+One deployment, :class:`TextToSign`, behind a FastAPI ingress::
+
+    GET  /            demo page (text box, language, the animation drawn on a canvas)
+    GET  /healthz     {"status": "ok", "checkpoint_step": ...}
+    GET  /info        model, checkpoint (step, best.json metric and metrics), languages, limits
+    POST /generate    {"text", "lang", "num_steps"?, "sampler"?: "utc" | "vanilla"}
+                      ?format=json (default) | pose | gif; ?screen=1 adds front-view joints
+
+Each replica loads the checkpoint :func:`~madis.serve.source.choose_model` picks, decodes
+requests in batches (``@serve.batch``: up to ``serve.max_batch_size`` requests, waiting at most
+``serve.batch_wait_s``) on a worker thread, and polls ``best.json`` on another thread: a new
+best checkpoint is loaded beside the serving one and swapped in by one reference assignment, so
+the batch in flight finishes on the old model and the next one runs on the new (no request is
+dropped or answered by a half-loaded model). Replicas autoscale on queue length between
+``serve.min_replicas`` and ``serve.max_replicas``.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from madis.config import from_dict, to_dict
+from madis.serve.config import ServeConfig
+from madis.serve.generator import GenerationResult, LoadedModel, render_gif, render_pose, result_json
+from madis.serve.requests import (
+    GenerateRequest,
+    RequestError,
+    check_body_size,
+    parse_generate,
+    parse_output_format,
+)
+from madis.serve.source import ModelChoice, choose_model
+
+log = logging.getLogger("ray.serve")
+DEPLOYMENT = "TextToSign"
+
+# No ``from __future__ import annotations`` in this module: FastAPI reads the route signatures
+# of the Serve-wrapped methods at run time, and string annotations there do not resolve.
+api = FastAPI(title="MaDiS text-to-sign", docs_url=None, redoc_url=None)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse(RequestError(status, code, message).to_json(), status_code=status)
+
+
+@api.exception_handler(RequestError)
+async def _request_error(_: Request, exn: RequestError) -> JSONResponse:
+    return JSONResponse(exn.to_json(), status_code=exn.status)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exn: RequestValidationError) -> JSONResponse:
+    where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
+                      for e in exn.errors())
+    return _error(422, "bad_query", where or "invalid query parameters")
+
+
+@api.exception_handler(Exception)
+async def _internal_error(_: Request, exn: Exception) -> JSONResponse:
+    log.exception("request failed")
+    return _error(500, "internal", f"{type(exn).__name__}: {exn}")
+
+
+def page_html() -> str:
+    """The demo page (``madis/serve/static/index.html``): plain HTML + JS, no build step."""
+    return resources.files("madis.serve").joinpath("static/index.html").read_text("utf-8")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes, whatever the
+    ``Content-Length`` header claims (a chunked body has none)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "body_too_large", f"the request body has {declared} bytes; the "
+                                                  f"limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "body_too_large", f"the request body passes {limit} bytes, "
+                                                      f"the limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(name=DEPLOYMENT)
+@serve.ingress(api)
+class TextToSign:
+    """A replica of the text-to-sign service (see the module doc for the routes).
+
+    Args:
+        serve_config: the ``serve`` section as a dict (``to_dict(ServeConfig)``).
+        run_url: run directory whose ``best.json`` names the checkpoint (polled).
+        checkpoint: a fixed checkpoint or export instead (not polled).
+    Raises:
+        FileNotFoundError: nothing to serve. ValueError: a bad best.json or no languages.
+    """
+
+    def __init__(self, serve_config: dict, run_url: str | None = None,
+                 checkpoint: str | None = None) -> None:
+        import torch
+
+        self.cfg = from_dict(ServeConfig, serve_config, "serve")
+        self.run_url, self.checkpoint = run_url, checkpoint
+        torch.set_num_threads(self.cfg.torch_threads)
+        self.device = "cuda" if self.cfg.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
+        # one thread for the model: batches run one at a time, the event loop stays free to
+        # accept and queue requests; renders on their own thread so a GIF never holds a batch
+        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="madis-generate")
+        self._render_pool = ThreadPoolExecutor(1, thread_name_prefix="madis-render")
+        self.current: LoadedModel = LoadedModel.load(choose_model(run_url, checkpoint), self.cfg,
+                                                     self.device)
+        self.reloads: list[dict[str, Any]] = []
+        self.reload_error: dict[str, Any] | None = None
+        self._failed_key: tuple | None = None
+        self.generate_batch.set_max_batch_size(self.cfg.max_batch_size)
+        self.generate_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
+        self._stop = threading.Event()
+        if not checkpoint:
+            threading.Thread(target=self._poll, name="madis-best-poller", daemon=True).start()
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ reloading
+    def _poll(self) -> None:
+        while not self._stop.wait(self.cfg.poll_s):
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - a bad poll must never stop polling or serving
+                log.exception("best.json poll failed; still serving step %s", self.current.choice.step)
+
+    def poll_once(self) -> bool:
+        """Read ``best.json`` once; load and swap in the model it names if that changed.
+
+        Returns True when a new model was swapped in. A model that fails to load is recorded
+        in ``/info`` (``reload.error``) and not tried again until best.json names another one;
+        the serving model stays.
+        """
+        choice = choose_model(self.run_url, None)
+        current = self.current
+        if choice.key == current.choice.key:
+            if choice != current.choice:  # same weights, newer metrics or updated_at
+                current.choice = choice
+            return False
+        if choice.key == self._failed_key:
+            return False
+        t0 = time.perf_counter()
+        try:
+            new = LoadedModel.load(choice, self.cfg, self.device)
+        except Exception as exn:  # noqa: BLE001 - keep serving the old model
+            self._failed_key = choice.key
+            self.reload_error = {"export_url": choice.export_url, "step": choice.step,
+                                 "error": f"{type(exn).__name__}: {exn}", "at": time.time()}
+            log.exception("could not load %s; still serving step %s", choice.export_url,
+                          current.choice.step)
+            return False
+        self.current = new  # the swap: batches read self.current once, at their start
+        self.reload_error, self._failed_key = None, None
+        self.reloads.append({"from_step": current.choice.step, "to_step": choice.step,
+                             "export_url": choice.export_url,
+                             "load_s": round(time.perf_counter() - t0, 3), "at": time.time()})
+        log.info("now serving %s (step %s)", choice.export_url, choice.step)
+        return True
+
+    # ------------------------------------------------------------------ batching
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
+    async def generate_batch(self, items: list[tuple[GenerateRequest, float]]
+                             ) -> list[GenerationResult | RequestError]:
+        """Decode a batch of ``(request, arrival time)`` on the model thread; sizes are set
+        from the config in ``__init__``."""
+        loaded = self.current  # one model for the whole batch, even if a swap happens now
+        start = time.perf_counter()
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._model_pool, loaded.generate, [r for r, _ in items])
+        for (_, arrived), res in zip(items, results):
+            if isinstance(res, GenerationResult):
+                res.timings["queue_ms"] = round(1e3 * (start - arrived), 3)
+        return results
+
+    # ------------------------------------------------------------------ routes
+    @api.get("/", response_class=HTMLResponse)
+    async def page(self) -> HTMLResponse:
+        return HTMLResponse(page_html())
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        c = self.current.choice
+        return {"status": "ok", "checkpoint_step": c.step, "export_url": c.export_url}
+
+    @api.get("/info")
+    async def info(self) -> dict:
+        cfg = self.cfg
+        return {**self.current.info(),
+                "serve": {"max_batch_size": cfg.max_batch_size, "batch_wait_s": cfg.batch_wait_s,
+                          "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
+                          "target_ongoing_requests": cfg.target_ongoing_requests,
+                          "poll_s": None if self.checkpoint else cfg.poll_s,
+                          "run": self.run_url, "checkpoint": self.checkpoint},
+                "reload": {"reloads": self.reloads[-10:], "error": self.reload_error},
+                "replica": serve.get_replica_context().replica_id.unique_id}
+
+    @api.post("/generate")
+    async def generate(self, request: Request,
+                       output: str | None = Query(None, alias="format"),
+                       screen: bool = False) -> Response:
+        received = time.perf_counter()
+        fmt = parse_output_format(output)
+        limits = self.current.limits
+        body = await read_body(request, limits.max_body_bytes)
+        check_body_size(len(body), limits)
+        req = parse_generate(body, limits)
+        result = await self.generate_batch((req, received))
+        if isinstance(result, RequestError):
+            raise result
+        motion_format = self.current.format
+        result.timings["total_ms"] = round(1e3 * (time.perf_counter() - received), 3)
+        if fmt == "json":
+            return JSONResponse(result_json(result, motion_format, screen=screen))
+        if fmt == "pose":
+            render, media = render_pose, "application/octet-stream"
+        else:
+            render, media = partial(render_gif, size=self.cfg.gif_size), "image/gif"
+        data = await asyncio.get_running_loop().run_in_executor(
+            self._render_pool, render, result, motion_format)
+        result.timings["total_ms"] = round(1e3 * (time.perf_counter() - received), 3)
+        headers = {"Content-Disposition": f'attachment; filename="madis-{req.lang}.{fmt}"',
+                   "X-MaDiS-Checkpoint-Step": str(result.step),
+                   "X-MaDiS-Timings": json.dumps(result.timings)}
+        return Response(data, media_type=media, headers=headers)
+
+
+# ---------------------------------------------------------------------- building and deploying
+def build_app(cfg: ServeConfig, run_url: str | None = None, checkpoint: str | None = None):
+    """The Serve application (``TextToSign`` with the config's autoscaling, batching and
+    resources), ready for ``serve.run``.
+
+    Raises:
+        ValueError: neither ``run_url`` nor ``checkpoint``.
+    """
+    if not run_url and not checkpoint:
+        raise ValueError("give a run directory (holding best.json) or a checkpoint to serve")
+    return TextToSign.options(
+        max_ongoing_requests=cfg.max_ongoing_requests,
+        autoscaling_config={
+            "min_replicas": cfg.min_replicas,
+            "initial_replicas": max(cfg.min_replicas, 1),
+            "max_replicas": cfg.max_replicas,
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+            "upscale_delay_s": cfg.upscale_delay_s,
+            "downscale_delay_s": cfg.downscale_delay_s,
+        },
+        ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+    ).bind(to_dict(cfg), run_url, checkpoint)
+
+
+def deploy(cfg: ServeConfig, run_url: str | None = None, checkpoint: str | None = None) -> str:
+    """Start Serve on the connected cluster (HTTP on ``cfg.host:cfg.port``) and deploy the
+    application under ``cfg.app_name``; returns its base URL once every replica is up.
+
+    Serve's controller is a detached actor, so the application keeps serving after the
+    calling driver (e.g. a ``ray job submit`` job) exits; redeploying replaces it in place.
+    """
+    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.run(build_app(cfg, run_url, checkpoint), name=cfg.app_name,
+              route_prefix=cfg.route_prefix, blocking=False)
+    return base_url(cfg)
+
+
+def base_url(cfg: ServeConfig) -> str:
+    """``http://host:port/prefix/`` of the application."""
+    prefix = cfg.route_prefix.rstrip("/")
+    return f"http://{cfg.host}:{cfg.port}{prefix}/"
+
+
+__all__ = ["DEPLOYMENT", "ModelChoice", "TextToSign", "api", "base_url", "build_app", "deploy",
+           "page_html"]

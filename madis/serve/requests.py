@@ -1,0 +1,145 @@
+"""``POST /generate`` request bodies: parsing and validation, with a clear 4xx for each fault.
+
+No Ray and no web framework here: :func:`parse_generate` takes the raw body bytes, so every
+rule is tested without a server, and the deployment only maps :class:`RequestError` to a JSON
+response.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+SAMPLERS = ("utc", "vanilla")
+#: ``?format=`` values of ``POST /generate``
+OUTPUT_FORMATS = ("json", "pose", "gif")
+FIELDS = ("text", "lang", "num_steps", "sampler")
+
+
+class RequestError(ValueError):
+    """A request the service refuses; ``status`` is the HTTP status (4xx), ``code`` a stable
+    machine-readable name, ``message`` says what to change."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def to_json(self) -> dict:
+        """The response body: ``{"error": {"code": ..., "message": ...}}``."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a request may ask of the loaded model.
+
+    Attributes:
+        max_body_bytes: request body size.
+        max_text_chars: characters of the stripped text.
+        languages: accepted sign-language codes.
+        min_num_steps: per sampler, the fewest steps K it can run (UTC: one per stage).
+        max_num_steps: the most steps K.
+        default_num_steps, default_sampler: used when the request leaves them out.
+    """
+
+    max_body_bytes: int
+    max_text_chars: int
+    languages: tuple[str, ...]
+    min_num_steps: dict[str, int]
+    max_num_steps: int
+    default_num_steps: int
+    default_sampler: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A validated request: ``text`` stripped, every field filled."""
+
+    text: str
+    lang: str
+    num_steps: int
+    sampler: str
+
+
+def check_body_size(length: int, limits: Limits) -> None:
+    """Raises :class:`RequestError` 413 when a body of ``length`` bytes is over the limit."""
+    if length > limits.max_body_bytes:
+        raise RequestError(413, "body_too_large", f"the request body has {length} bytes; the "
+                                                  f"limit is {limits.max_body_bytes}")
+
+
+def parse_output_format(value: str | None) -> str:
+    """``?format=`` -> one of :data:`OUTPUT_FORMATS` (default ``json``).
+
+    Raises:
+        RequestError: 400 for another value.
+    """
+    fmt = (value or "json").lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise RequestError(400, "unknown_format", f"format must be one of {list(OUTPUT_FORMATS)}, "
+                                                  f"got {value!r}")
+    return fmt
+
+
+def parse_generate(body: bytes, limits: Limits) -> GenerateRequest:
+    """Parse and validate a ``POST /generate`` body ``{"text", "lang", "num_steps"?, "sampler"?}``.
+
+    Raises:
+        RequestError: 413 body over ``max_body_bytes``; 400 body not UTF-8, not JSON, or not a
+            JSON object; 422 a missing, unknown or mistyped field, empty or whitespace text,
+            text over ``max_text_chars``, unknown language or sampler, ``num_steps`` out of
+            ``[min_num_steps[sampler], max_num_steps]``.
+    """
+    check_body_size(len(body), limits)
+    try:
+        raw = body.decode("utf-8")
+    except UnicodeDecodeError as exn:
+        raise RequestError(400, "not_utf8", f"the body is not UTF-8 ({exn.reason} at byte "
+                                            f"{exn.start})") from None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exn:
+        raise RequestError(400, "not_json", f"the body is not JSON ({exn.msg} at line "
+                                            f"{exn.lineno} column {exn.colno})") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "not_object", f"the body must be a JSON object with {list(FIELDS)}, "
+                                              f"got a {type(data).__name__}")
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise RequestError(422, "unknown_field", f"unknown field(s) {unknown}; known: {list(FIELDS)}")
+
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise RequestError(422, "bad_text", f"text must be a string, got {_kind(text)}")
+    text = text.strip()
+    if not text:
+        raise RequestError(422, "empty_text", "text is empty (or only whitespace)")
+    if len(text) > limits.max_text_chars:
+        raise RequestError(422, "text_too_long", f"text has {len(text)} characters; the limit is "
+                                                 f"{limits.max_text_chars}")
+
+    lang = data.get("lang")
+    if not isinstance(lang, str):
+        raise RequestError(422, "bad_lang", f"lang must be a sign-language code string, got "
+                                            f"{_kind(lang)}")
+    if lang not in limits.languages:
+        raise RequestError(422, "unknown_lang", f"unknown language {lang!r}; this model knows "
+                                                f"{list(limits.languages)}")
+
+    sampler = data.get("sampler", limits.default_sampler)
+    if sampler not in SAMPLERS:
+        raise RequestError(422, "unknown_sampler", f"sampler must be one of {list(SAMPLERS)}, got "
+                                                   f"{sampler!r}")
+
+    steps = data.get("num_steps", limits.default_num_steps)
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        raise RequestError(422, "bad_num_steps", f"num_steps must be an integer, got {_kind(steps)}")
+    lo, hi = limits.min_num_steps[sampler], limits.max_num_steps
+    if not lo <= steps <= hi:
+        raise RequestError(422, "num_steps_out_of_range", f"num_steps must be in [{lo}, {hi}] for "
+                                                          f"the {sampler} sampler, got {steps}")
+    return GenerateRequest(text=text, lang=lang, num_steps=steps, sampler=sampler)
+
+
+def _kind(value) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]

@@ -1,0 +1,114 @@
+"""Runs written by code for the service's tests and benchmark: randomly initialised models in
+the real checkpoint layout (no training, no download), and ``best.json`` files.
+
+A run written here looks to the service exactly like a fine-tuning run::
+
+    {root}/tokens/manifest.json                 languages of the train split (what the model knows)
+    {root}/finetune/checkpoint_<step>/COMPLETE
+    {root}/finetune/checkpoint_<step>/export/   model.safetensors, config.json, text tokenizer,
+                                                tokenizer/ (motion tokenizer), metadata.json
+    {root}/finetune/best.json                   (write_best)
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from madis.mdlm.config import ModelConfig
+from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
+from madis.train.checkpoints import COMPLETE, EXPORT_DIR, METADATA, checkpoint_dir_name
+
+#: a model small enough that a Serve test decodes a batch in milliseconds on one core
+TINY_MODEL = dict(num_positions=12, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8, max_text_tokens=48, num_steps=6,
+                  text_tokenizer="bytes")
+TINY_TOKENIZER = dict(width=16, code_dim=8, codebook_sizes=(8, 16, 16), depth=2)
+LANGUAGES = ("ase", "gsg")
+
+
+def random_tokenizer(cfg: TokenizerConfig, fmt: str = "keypoints", seed: int = 0,
+                     mean=None, std=None) -> DecoupledTokenizer:
+    """An untrained ``DecoupledTokenizer`` with spread-out codebooks (distinct codes decode to
+    distinct motions); ``mean``/``std`` default to 0 and 0.1 format units."""
+    torch.manual_seed(seed)
+    dim = DecoupledTokenizer(cfg, fmt).format.dim
+    tok = DecoupledTokenizer(cfg, fmt, mean=torch.zeros(dim) if mean is None else mean,
+                             std=torch.full((dim,), 0.1) if std is None else std)
+    with torch.no_grad():
+        for cb in tok.codebooks:
+            cb.copy_(torch.randn_like(cb))
+    return tok.eval()
+
+
+def write_export(directory: str | Path, tokenizer: DecoupledTokenizer, *, model_cfg: ModelConfig,
+                 seed: int, step: int, shards: Sequence[str], run_name: str = "finetune",
+                 full_length: bool = True) -> Path:
+    """Write a random ``MaDiSModel`` export (the layout ``MDLMTask.export`` plus the loop's
+    ``metadata.json`` give) to ``directory``.
+
+    Args:
+        full_length: make ``[EOS]`` and ``[PAD]`` unreachable for the body head, so every
+            generation fills all ``num_positions`` (a random model would otherwise stop at a
+            random position, often the first).
+    """
+    from madis.mdlm.model import MaDiSModel
+    from madis.mdlm.task import TOKENIZER_DIR
+
+    torch.manual_seed(seed)
+    model = MaDiSModel(model_cfg, tokenizer)
+    if full_length:
+        with torch.no_grad():
+            model.heads.heads[0].bias[model.codebook_sizes[0]:] = -1e4
+    d = Path(directory)
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(str(d / TOKENIZER_DIR))
+    meta = {"step": step, "epoch": 0, "run_name": run_name,
+            "task": {"name": "mdlm", "stage": "finetune", "shards": list(shards),
+                     "motion_format": tokenizer.format.name},
+            "metrics": {"val_loss": 1.0 / step}}
+    (d / METADATA).write_text(json.dumps(meta, indent=1))
+    return d
+
+
+def write_run(root: str | Path, steps: Sequence[int] = (10, 20), *, fmt: str = "keypoints",
+              languages: Sequence[str] = LANGUAGES, model_overrides: dict | None = None,
+              full_length: bool = True) -> dict[int, str]:
+    """A fine-tuning run with one complete checkpoint per step (each a different random model,
+    seeded by its step, sharing one tokenizer). Returns ``{step: export_url}``."""
+    root = Path(root)
+    tokens = root / "tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    (tokens / "manifest.json").write_text(json.dumps({
+        "format": fmt, "tokens": True,
+        "splits": {"train": {"shards": [], "samples": 0, "languages": {lg: 1 for lg in languages}}}}))
+    tok = random_tokenizer(TokenizerConfig(**TINY_TOKENIZER), fmt)
+    model_cfg = ModelConfig(**{**TINY_MODEL, **(model_overrides or {})})
+    exports = {}
+    for step in steps:
+        ckpt = root / "finetune" / checkpoint_dir_name(step)
+        exports[step] = str(write_export(ckpt / EXPORT_DIR, tok, model_cfg=model_cfg, seed=step,
+                                         step=step, shards=[str(tokens)], full_length=full_length))
+        (ckpt / COMPLETE).write_text(json.dumps({"step": step, "epoch": 0, "metrics": {}}))
+    return exports
+
+
+def write_best(run_dir: str | Path, step: int, value: float, metric: str = "dtw_jpe",
+               mode: str = "min") -> dict:
+    """Write ``{run_dir}/best.json`` naming checkpoint ``step`` (the registry's contract),
+    atomically (a reader never sees half a file). Returns what was written."""
+    run = Path(run_dir)
+    ckpt = run / checkpoint_dir_name(step)
+    best = {"metric": metric, "mode": mode,
+            "best": {"step": step, "checkpoint_url": str(ckpt),
+                     "export_url": str(ckpt / EXPORT_DIR), "value": value,
+                     "metrics": {metric: value}},
+            "history": [], "updated_at": datetime.now(timezone.utc).isoformat()}
+    tmp = run / ".best.json.tmp"
+    tmp.write_text(json.dumps(best))
+    tmp.replace(run / "best.json")
+    return best

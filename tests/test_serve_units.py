@@ -1,0 +1,176 @@
+"""The service's parts without a server: request rules, checkpoint choice, model side, .pose."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from madis.config import ConfigError, load_tree, section
+from madis.serve.config import ServeConfig
+from madis.serve.requests import Limits, RequestError, parse_generate, parse_output_format
+from madis.serve.source import choose_model, read_best, serve_target, training_languages
+from madis.serve.testing import write_best, write_run
+
+LIMITS = Limits(max_body_bytes=256, max_text_chars=20, languages=("ase", "gsg"),
+                min_num_steps={"utc": 3, "vanilla": 1}, max_num_steps=12, default_num_steps=6,
+                default_sampler="utc")
+
+
+def body(**fields) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_valid_request_gets_defaults_and_stripped_text():
+    r = parse_generate(body(text="  Guten Tag \n", lang="gsg"), LIMITS)
+    assert (r.text, r.lang, r.num_steps, r.sampler) == ("Guten Tag", "gsg", 6, "utc")
+    r = parse_generate(body(text="HI", lang="ase", num_steps=1, sampler="vanilla"), LIMITS)
+    assert (r.num_steps, r.sampler) == (1, "vanilla")
+
+
+BAD = [
+    (body(text="", lang="ase"), 422, "empty_text"),
+    (body(text=" \t\n ", lang="ase"), 422, "empty_text"),
+    (body(text="x" * 21, lang="ase"), 422, "text_too_long"),
+    (body(text="HI", lang="xyz"), 422, "unknown_lang"),
+    (body(text="HI", lang=None), 422, "bad_lang"),
+    (body(text=5, lang="ase"), 422, "bad_text"),
+    (body(lang="ase"), 422, "bad_text"),
+    (b"text=HI&lang=ase", 400, "not_json"),
+    (b'{"text": "caf\xe9", "lang": "ase"}', 400, "not_utf8"),
+    (body(text="HI", lang="ase", pad="x" * 300), 413, "body_too_large"),
+    (b'["HI", "ase"]', 400, "not_object"),
+    (body(text="HI", lang="ase", steps=5), 422, "unknown_field"),
+    (body(text="HI", lang="ase", num_steps=0), 422, "num_steps_out_of_range"),
+    (body(text="HI", lang="ase", num_steps=13), 422, "num_steps_out_of_range"),
+    (body(text="HI", lang="ase", num_steps=2), 422, "num_steps_out_of_range"),  # < 3 UTC stages
+    (body(text="HI", lang="ase", num_steps="6"), 422, "bad_num_steps"),
+    (body(text="HI", lang="ase", num_steps=6.0), 422, "bad_num_steps"),
+    (body(text="HI", lang="ase", num_steps=True), 422, "bad_num_steps"),
+    (body(text="HI", lang="ase", sampler="greedy"), 422, "unknown_sampler"),
+]
+
+
+@pytest.mark.parametrize("raw,status,code", BAD, ids=[c for _, _, c in BAD])
+def test_bad_request_is_refused_with_its_code(raw, status, code):
+    with pytest.raises(RequestError) as info:
+        parse_generate(raw, LIMITS)
+    assert (info.value.status, info.value.code) == (status, code)
+    assert info.value.to_json()["error"]["code"] == code
+
+
+def test_vanilla_runs_with_fewer_steps_than_utc_stages():
+    assert parse_generate(body(text="HI", lang="ase", num_steps=2, sampler="vanilla"),
+                          LIMITS).num_steps == 2
+
+
+def test_output_formats():
+    assert [parse_output_format(v) for v in (None, "json", "POSE", "gif")] == ["json", "json", "pose", "gif"]
+    with pytest.raises(RequestError) as info:
+        parse_output_format("mp4")
+    assert info.value.status == 400
+
+
+def test_serve_section_in_both_profiles_and_its_checks():
+    for profile in ("cpu-tiny", "paper"):
+        cfg = section(load_tree(profile), "serve", ServeConfig)
+        assert cfg.host == "127.0.0.1" and cfg.max_ongoing_requests >= cfg.max_batch_size
+    assert section(load_tree("paper"), "serve", ServeConfig).replica_gpus == 1.0
+    with pytest.raises(ConfigError, match="never fill a batch"):
+        ServeConfig(max_batch_size=16, max_ongoing_requests=8)
+    with pytest.raises(ConfigError, match="min_replicas"):
+        ServeConfig(min_replicas=3, max_replicas=2)
+
+
+def test_choose_model_latest_then_best_then_given(tmp_path):
+    run = tmp_path / "finetune"
+    assert read_best(str(run)) is None
+    with pytest.raises(FileNotFoundError, match="no best.json"):
+        choose_model(str(run))
+    exports = write_run(tmp_path, steps=(10, 20))
+    latest = choose_model(str(run))
+    assert (latest.source, latest.step, latest.export_url) == ("latest", 20, exports[20])
+    (run / "best.json").write_text('{"metric": "dtw_jpe", "mode": "min", "best": null, "history": []}')
+    assert choose_model(str(run)).source == "latest"  # nothing evaluated successfully yet
+    write_best(run, 10, 0.25)
+    best = choose_model(str(run))
+    assert (best.source, best.step, best.export_url) == ("best", 10, exports[10])
+    assert (best.metric, best.mode, best.value, best.metrics) == ("dtw_jpe", "min", 0.25, {"dtw_jpe": 0.25})
+    given = choose_model(str(run), checkpoint=str(run / "checkpoint_00000020"))
+    assert (given.source, given.step, given.export_url) == ("given", 20, exports[20])
+    assert training_languages(exports[10]) == ["ase", "gsg"]
+    (run / "best.json").write_text('{"metric": "dtw_jpe", "best": {"value": 1.0}}')
+    with pytest.raises(ValueError, match="lacks best.step"):
+        choose_model(str(run))
+    (run / "best.json").write_text('{"metric": "dtw_')  # caught half written
+    with pytest.raises(ValueError):
+        choose_model(str(run))
+
+
+def test_serve_target_defaults_to_the_finetune_run(tmp_path):
+    tree = load_tree("cpu-tiny", [f"train.storage_path={tmp_path}"])
+    assert serve_target(tree) == (f"{tmp_path}/finetune", None)
+    assert serve_target(tree, checkpoint="rel/ckpt")[1].endswith("/rel/ckpt")
+    tree = load_tree("cpu-tiny", ["serve.run=s3://b/runs/ft"])
+    assert serve_target(tree) == ("s3://b/runs/ft", None)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    from madis.serve.generator import LoadedModel
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("run")
+    write_run(root, steps=(10,))
+    return LoadedModel.load(choose_model(str(root / "finetune")), ServeConfig())
+
+
+def test_batched_generation_equals_one_at_a_time(loaded):
+    from madis.serve.requests import GenerateRequest
+
+    reqs = [GenerateRequest("HELLO", "ase", 6, "utc"), GenerateRequest("BERLIN IST GROSS", "gsg", 6, "utc"),
+            GenerateRequest("HELLO", "ase", 4, "vanilla")]
+    together = loaded.generate(reqs)
+    assert [r.timings["batch_size"] for r in together] == [2, 2, 1]  # grouped by (sampler, K)
+    for req, res in zip(reqs, together):
+        alone = loaded.generate([req])[0]
+        assert res.tokens.shape == (12, 3) and res.motion.shape == (48, 165)
+        np.testing.assert_array_equal(res.tokens, alone.tokens)
+        np.testing.assert_allclose(res.motion, alone.motion, atol=1e-5)
+        # the motion is the tokenizer's decoding of the tokens
+        ref = loaded.model.tokenizer.decode(torch.as_tensor(res.tokens)[None])[0].numpy()
+        np.testing.assert_allclose(res.motion, ref, atol=1e-5)
+    assert not np.array_equal(together[0].tokens, together[1].tokens)
+
+
+def test_pose_file_holds_the_motion(loaded):
+    from pose_format import Pose
+
+    from madis.motion.keypoints import read_pose_points
+    from madis.serve.generator import render_pose
+    from madis.serve.requests import GenerateRequest
+
+    res = loaded.generate([GenerateRequest("HELLO", "ase", 6, "utc")])[0]
+    data = render_pose(res, loaded.format)
+    points = read_pose_points(data)  # the project's own .pose reader accepts it
+    assert points.fps == 25.0 and points.present.all()
+    np.testing.assert_allclose(points.xyz.reshape(48, 165), res.motion, atol=1e-6)
+    pose = Pose.read(data)
+    names = [c.name for c in pose.header.components]
+    assert names == ["POSE_LANDMARKS", "LEFT_HAND_LANDMARKS", "RIGHT_HAND_LANDMARKS"]
+    hand = pose.header.components[1]
+    assert hand.points[:5] == ["WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP"]
+    assert len(hand.limbs) == 21 and "LEFT_SHOULDER" in pose.header.components[0].points
+
+
+def test_no_frames_is_a_clear_422(loaded):
+    from madis.serve.generator import GenerationResult, render_gif
+    from madis.serve.requests import GenerateRequest
+
+    empty = GenerationResult(GenerateRequest("HI", "ase", 6, "utc"), np.zeros((0, 3), np.int64),
+                             np.zeros((0, 165), np.float32), 10)
+    with pytest.raises(RequestError) as info:
+        render_gif(empty, loaded.format)
+    assert (info.value.status, info.value.code) == (422, "no_frames")
