@@ -1,15 +1,17 @@
 """Decoding speed: UTC and vanilla unmasking against the autoregressive baseline, in one process
 (issue 4 "Performance", SPEC "Latency", paper Table 2).
 
-Workload: N = 100 sign positions, K = 25 steps, prompts of about 20 text tokens; latency per
+Workload: N = 100 sign positions, K = 25 steps, the prompts below; latency per
 sentence at batch 1 and sentences per second at batch 32. The models have the profile's sizes:
 ``cpu-tiny`` (2-layer d=128 Qwen3) or ``paper`` (Qwen3-0.6B's architecture, randomly initialised
 unless ``--weights`` names a local copy; decoding cost does not depend on the weights' values).
 
-Before timing, the MDLMs and the baseline are fine-tuned for ``--train-steps`` on a synthetic
-corpus (each word of a small lexicon stands for 8 sign positions, so sentence length and content
-follow the text); that is what makes [EOS] land somewhere sensible, which ``drop_after_eos`` and
-the baseline's early stop depend on. Rows:
+Before timing, the MDLMs (``--train-steps``, 600) and the baseline (``--ar-train-steps``, 300:
+it converges faster here) are fine-tuned on a synthetic corpus: each word of a 25-word lexicon
+stands for 8 sign positions, and a pool of 32 sentences of 4 to 8 words (32 to 64 positions, text
+of about 40 byte tokens) is both the training set and the timed set. That makes [EOS] land where
+the text says, which ``drop_after_eos`` and the baseline's early stop depend on, and gives the
+accuracy columns a known answer. ``--cache-dir`` keeps the trained models for later runs. Rows:
 
 * ``ar``: causal Qwen3, KV cache, SOKE multi-head greedy decoding, stops when every row said [EOS]
   (the baseline of every ratio); ``ar-full``: the same forced to all N positions.
@@ -23,7 +25,8 @@ the baseline's early stop depend on. Rows:
 
 Speed is only compared within one run (same process, interleaved repeats, median). Run::
 
-    .venv/bin/python benchmarks/bench_decode.py                      # cpu-tiny, a few minutes
+    .venv/bin/python benchmarks/bench_decode.py --threads 1 --cache-dir /tmp/bench  # cpu-tiny:
+    #   about 5 min of training on 2 free cores, then about 1.5 min of timing
     .venv/bin/python benchmarks/bench_decode.py --profile paper --device cuda
 """
 
