@@ -16,6 +16,7 @@ from typing import Sequence
 
 #: (group name, module exposing ``add_parser(subparsers)``)
 COMMAND_GROUPS: list[tuple[str, str]] = [
+    ("best", "madis.fleet.cli"),
     ("data", "madis.data.cli"),
     ("eval", "madis.metrics.cli"),
     ("generate", "madis.mdlm.cli"),

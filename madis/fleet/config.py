@@ -40,7 +40,8 @@ class FleetConfig:
         siclip: SiCLIP export for R@k: a directory or ``s3://`` URL; ``auto``: the export of the
             newest complete checkpoint of the ``train_siclip`` run in the same storage, if any;
             empty: no R@k (the fleet says so in its log).
-        render_samples: validation samples rendered (generated | ground truth) per checkpoint.
+        render_samples: validation samples rendered (generated | ground truth) per checkpoint,
+            evenly spaced over the validation set, the same ones at every checkpoint.
         render_frames: frames per rendered sample, evenly spaced, stacked into one image.
         render_size: pixels of one square panel.
         log_dir: local staging directory of the fleet's TensorBoard events for a run on S3

@@ -69,6 +69,12 @@ class ValidationSet:
         edges = [i * n // count for i in range(count + 1)]
         return [self.keys[a:b] for a, b in zip(edges, edges[1:])]
 
+    def spread(self, n: int) -> list[str]:
+        """``n`` keys evenly spaced over the set (the samples rendered for the dashboard): they
+        fall into different batches, so different actors render them in parallel."""
+        n = min(n, len(self.keys))
+        return [self.keys[i * len(self.keys) // n] for i in range(n)]
+
 
 def load_validation_set(shards: Sequence[str], split: str = "val",
                         limit: int = 0) -> ValidationSet:

@@ -380,7 +380,7 @@ class EvalFleet:
         cfg = self.cfg
         queue = deque(_Batch(s, i, keys) for s in cfg.samplers
                       for i, keys in enumerate(val.batches(cfg.batch_size, len(self.actors))))
-        shown = set(val.keys[: cfg.render_samples])
+        shown = set(val.spread(cfg.render_samples))
         spec = RenderSpec(val.motion_format, val.fps, cfg.render_frames, cfg.render_size)
         results: dict[str, dict] = {s: {} for s in cfg.samplers}
         in_flight: dict[Any, tuple[int, _Batch, float]] = {}
@@ -463,7 +463,7 @@ class EvalFleet:
     def _render(self, step: int, val: ValidationSet, decoded: dict[str, dict]) -> None:
         cfg, dash = self.cfg, self._dashboard
         for sampler in cfg.samplers:
-            for i, key in enumerate(val.keys[: cfg.render_samples]):
+            for i, key in enumerate(val.spread(cfg.render_samples)):
                 d = decoded[sampler][key]
                 if d.image is not None:
                     dash.add_image(f"samples/{sampler}/{i}", d.image, step)
