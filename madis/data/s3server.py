@@ -63,7 +63,10 @@ class LocalS3Server:
         os.environ.update(self.env)
 
     def start(self) -> "LocalS3Server":
-        exe = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+        # this interpreter's own moto first: another one on PATH may be a different version
+        exe = str(Path(sys.executable).with_name("moto_server"))
+        if not Path(exe).exists():
+            exe = shutil.which("moto_server") or exe
         if not Path(exe).exists():
             raise RuntimeError(
                 "moto_server not found: install the S3 server with `pip install 'moto[server]'`"
