@@ -11,7 +11,8 @@ import torch
 from madis.config import ConfigError, load_tree, section
 from madis.serve.config import ServeConfig
 from madis.serve.requests import Limits, RequestError, parse_generate, parse_output_format
-from madis.serve.source import choose_model, read_best, serve_target, training_languages
+from madis.fleet.registry import read_best
+from madis.serve.source import choose_model, serve_target, training_languages
 from madis.serve.testing import write_best, write_run
 
 LIMITS = Limits(max_body_bytes=256, max_text_chars=20, languages=("ase", "gsg"),
@@ -101,7 +102,8 @@ def test_choose_model_latest_then_best_then_given(tmp_path):
     given = choose_model(str(run), checkpoint=str(run / "checkpoint_00000020"))
     assert (given.source, given.step, given.export_url) == ("given", 20, exports[20])
     assert training_languages(exports[10]) == ["ase", "gsg"]
-    (run / "best.json").write_text('{"metric": "dtw_jpe", "best": {"value": 1.0}}')
+    (run / "best.json").write_text('{"metric": "dtw_jpe", "mode": "min", "history": [], '
+                                   '"best": {"value": 1.0}}')
     with pytest.raises(ValueError, match="lacks best.step"):
         choose_model(str(run))
     (run / "best.json").write_text('{"metric": "dtw_')  # caught half written
@@ -109,12 +111,18 @@ def test_choose_model_latest_then_best_then_given(tmp_path):
         choose_model(str(run))
 
 
-def test_serve_target_defaults_to_the_finetune_run(tmp_path):
+def test_serve_target_defaults_to_the_finetune_run(tmp_path, monkeypatch):
     tree = load_tree("cpu-tiny", [f"train.storage_path={tmp_path}"])
     assert serve_target(tree) == (f"{tmp_path}/finetune", None)
-    assert serve_target(tree, checkpoint="rel/ckpt")[1].endswith("/rel/ckpt")
+    monkeypatch.chdir(tmp_path)
+    assert serve_target(tree, checkpoint="rel/ckpt") == (None, f"{tmp_path}/rel/ckpt")
     tree = load_tree("cpu-tiny", ["serve.run=s3://b/runs/ft"])
     assert serve_target(tree) == ("s3://b/runs/ft", None)
+    job_dir = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "pkg"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)  # as under `ray job submit --working-dir .`
+    with pytest.raises(ConfigError, match="absolute path"):
+        serve_target(tree, run="storage/finetune")
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +171,22 @@ def test_pose_file_holds_the_motion(loaded):
     hand = pose.header.components[1]
     assert hand.points[:5] == ["WRIST", "THUMB_CMC", "THUMB_MCP", "THUMB_IP", "THUMB_TIP"]
     assert len(hand.limbs) == 21 and "LEFT_SHOULDER" in pose.header.components[0].points
+
+
+def test_json_body_holds_tokens_motion_and_screen_view(loaded):
+    from madis.serve.generator import result_json
+    from madis.serve.requests import GenerateRequest
+    from madis.viz import screen_joints
+
+    res = loaded.generate([GenerateRequest("HELLO", "ase", 6, "utc")])[0]
+    out = json.loads(result_json(res, loaded.format, screen=True))
+    assert (out["text"], out["length"], out["frames"], out["checkpoint_step"]) == ("HELLO", 12, 48, 10)
+    got = np.stack([out["tokens"][p] for p in ("body", "lhand", "rhand")], -1)
+    np.testing.assert_array_equal(got, res.tokens)
+    np.testing.assert_allclose(np.asarray(out["motion"]), res.motion, atol=6e-6)
+    want = screen_joints(res.motion, "keypoints")
+    np.testing.assert_allclose(np.asarray(out["screen"]["joints"]["rhand"]), want["rhand"], atol=6e-5)
+    assert len(out["screen"]["bones"]["lhand"]) == 21 and out["timings"]["batch_size"] == 1
 
 
 def test_no_frames_is_a_clear_422(loaded):

@@ -29,6 +29,8 @@ class LoadReport:
         wall_s: seconds from the first request sent to the last answer.
         bodies: the parsed JSON bodies of the successful requests, in request order (when
             kept; None for failed ones).
+        timings: the service's ``X-MaDiS-Timings`` of each successful request (queue,
+            generate, decode and total milliseconds, batch size), in completion order.
     """
 
     latencies_s: list[float] = field(default_factory=list)
@@ -36,6 +38,7 @@ class LoadReport:
     errors: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     bodies: list[Any] | None = None
+    timings: list[dict] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -65,6 +68,7 @@ class LoadReport:
 async def _load(url: str, payloads: Sequence[dict], total: int, concurrency: int,
                 timeout_s: float, keep_bodies: bool) -> LoadReport:
     import aiohttp
+    import orjson
 
     report = LoadReport(bodies=[None] * total if keep_bodies else None)
     next_index = iter(range(total))
@@ -78,6 +82,7 @@ async def _load(url: str, payloads: Sequence[dict], total: int, concurrency: int
                 async with session.post(url, json=payloads[i % len(payloads)]) as res:
                     data = await res.read()
                     status = res.status
+                    timings = res.headers.get("X-MaDiS-Timings")
             except (aiohttp.ClientError, asyncio.TimeoutError) as exn:
                 status, data = 0, f"{type(exn).__name__}: {exn}".encode()
             report.latencies_s.append(time.perf_counter() - t0)
@@ -85,8 +90,11 @@ async def _load(url: str, payloads: Sequence[dict], total: int, concurrency: int
             if status != 200:
                 if len(report.errors) < 20:
                     report.errors.append(f"{status}: {data[:200]!r}")
-            elif keep_bodies:
-                report.bodies[i] = json.loads(data)
+            else:
+                if timings:
+                    report.timings.append(json.loads(timings))
+                if keep_bodies:
+                    report.bodies[i] = orjson.loads(data)
 
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         start = time.perf_counter()

@@ -1,43 +1,18 @@
 """Which checkpoint the service runs: the one ``best.json`` names, a given one, or the newest.
 
-The eval fleet keeps ``{run}/best.json`` up to date (``madis.fleet.registry``)::
-
-    {"metric": str, "mode": "max" | "min",
-     "best": {"step": int, "checkpoint_url": str, "export_url": str, "value": float,
-              "metrics": {...}},
-     "history": [...], "updated_at": iso8601}
-
-:func:`choose_model` turns a run (or a fixed checkpoint) into a :class:`ModelChoice`; the
-deployment calls it again every ``serve.poll_s`` seconds and reloads when the choice's
-:attr:`~ModelChoice.key` changes.
+The eval fleet keeps ``{run}/best.json`` up to date; it is read with the registry's own
+:func:`madis.fleet.registry.read_best` (layout in that module), whose ``best.step`` and
+``best.export_url`` name the checkpoint. :func:`choose_model` turns a run (or a fixed
+checkpoint) into a :class:`ModelChoice`; the deployment calls it again every ``serve.poll_s``
+seconds and reloads when the choice's :attr:`~ModelChoice.key` changes.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
-
-BEST_FILE = "best.json"
-
-
-def read_best(run_url: str) -> dict | None:
-    """``{run_url}/best.json`` as a dict, or None while the run has none.
-
-    Stand-in until ``madis.fleet.registry.read_best`` (same contract) lands.
-
-    Raises:
-        ValueError: the file is not JSON (e.g. caught half written).
-    """
-    fs, root = fsspec.core.url_to_fs(str(run_url))
-    fs.invalidate_cache()  # s3fs caches listings per instance: a poller would never see news
-    try:
-        with fs.open(f"{root.rstrip('/')}/{BEST_FILE}", "r") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
+from madis.fleet.registry import BEST_FILE, read_best
 
 
 @dataclass(frozen=True)
@@ -99,7 +74,9 @@ def choose_model(run_url: str | None, checkpoint: str | None = None) -> ModelCho
         run's newest complete checkpoint.
     Raises:
         FileNotFoundError: nothing to serve (no best.json and no complete checkpoint).
-        ValueError: a best.json without the fields above, or neither argument given.
+        ValueError: a best.json that is not a registry or lacks the fields above, or neither
+            argument given.
+        OSError: the storage cannot be read.
     """
     from madis.mdlm.task import export_dir
     from madis.train.checkpoints import latest_checkpoint, read_metadata
@@ -155,9 +132,24 @@ def training_languages(export_url: str) -> list[str]:
 
 
 def _absolute(url: str) -> str:
+    """``url`` with a local path made absolute.
+
+    Raises:
+        ConfigError: a relative path inside Ray's temporary copy of a job's working directory
+            (runs and checkpoints are not in that copy).
+    """
+    import os
     from pathlib import Path
 
-    return url if "://" in url else str(Path(url).resolve())
+    from madis.config import ConfigError
+    from madis.train.jobargs import RAY_WORKING_DIR
+
+    if "://" in url or os.path.isabs(url):
+        return url
+    if RAY_WORKING_DIR in os.getcwd().replace(os.sep, "/"):
+        raise ConfigError(f"{url!r} is relative and this job runs in Ray's temporary copy of the "
+                          f"working directory ({os.getcwd()}): give an absolute path or s3:// URL")
+    return str(Path(url).resolve())
 
 
 def serve_target(tree, run: str | None = None, checkpoint: str | None = None
@@ -165,6 +157,9 @@ def serve_target(tree, run: str | None = None, checkpoint: str | None = None
     """``(run_url, checkpoint)`` to serve, from the arguments, else section ``serve`` of a
     loaded config tree, else the fine-tuning run (``{train.storage_path}/{train_finetune.run_name}``).
     Local paths come back absolute (replicas may run in another directory).
+
+    Raises:
+        ConfigError: a relative path while running as a ``ray job submit --working-dir`` job.
     """
     import argparse
 

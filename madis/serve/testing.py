@@ -7,13 +7,12 @@ A run written here looks to the service exactly like a fine-tuning run::
     {root}/finetune/checkpoint_<step>/COMPLETE
     {root}/finetune/checkpoint_<step>/export/   model.safetensors, config.json, text tokenizer,
                                                 tokenizer/ (motion tokenizer), metadata.json
-    {root}/finetune/best.json                   (write_best)
+    {root}/finetune/best.json                   (write_best, the fleet's registry writer)
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -77,16 +76,17 @@ def write_export(directory: str | Path, tokenizer: DecoupledTokenizer, *, model_
 
 def write_run(root: str | Path, steps: Sequence[int] = (10, 20), *, fmt: str = "keypoints",
               languages: Sequence[str] = LANGUAGES, model_overrides: dict | None = None,
-              full_length: bool = True) -> dict[int, str]:
+              tokenizer_overrides: dict | None = None, full_length: bool = True) -> dict[int, str]:
     """A fine-tuning run with one complete checkpoint per step (each a different random model,
-    seeded by its step, sharing one tokenizer). Returns ``{step: export_url}``."""
+    seeded by its step, sharing one tokenizer). The sizes are :data:`TINY_MODEL` and
+    :data:`TINY_TOKENIZER` with the overrides on top. Returns ``{step: export_url}``."""
     root = Path(root)
     tokens = root / "tokens"
     tokens.mkdir(parents=True, exist_ok=True)
     (tokens / "manifest.json").write_text(json.dumps({
         "format": fmt, "tokens": True,
         "splits": {"train": {"shards": [], "samples": 0, "languages": {lg: 1 for lg in languages}}}}))
-    tok = random_tokenizer(TokenizerConfig(**TINY_TOKENIZER), fmt)
+    tok = random_tokenizer(TokenizerConfig(**{**TINY_TOKENIZER, **(tokenizer_overrides or {})}), fmt)
     model_cfg = ModelConfig(**{**TINY_MODEL, **(model_overrides or {})})
     exports = {}
     for step in steps:
@@ -99,16 +99,10 @@ def write_run(root: str | Path, steps: Sequence[int] = (10, 20), *, fmt: str = "
 
 def write_best(run_dir: str | Path, step: int, value: float, metric: str = "dtw_jpe",
                mode: str = "min") -> dict:
-    """Write ``{run_dir}/best.json`` naming checkpoint ``step`` (the registry's contract),
-    atomically (a reader never sees half a file). Returns what was written."""
-    run = Path(run_dir)
-    ckpt = run / checkpoint_dir_name(step)
-    best = {"metric": metric, "mode": mode,
-            "best": {"step": step, "checkpoint_url": str(ckpt),
-                     "export_url": str(ckpt / EXPORT_DIR), "value": value,
-                     "metrics": {metric: value}},
-            "history": [], "updated_at": datetime.now(timezone.utc).isoformat()}
-    tmp = run / ".best.json.tmp"
-    tmp.write_text(json.dumps(best))
-    tmp.replace(run / "best.json")
-    return best
+    """Record that the eval fleet evaluated checkpoint ``step`` of ``run_dir`` with ``metric``
+    = ``value``, through the fleet's own registry writer (:func:`madis.fleet.registry.record`:
+    atomic, ``best`` moves only to a better value). Returns the ``best.json`` written."""
+    from madis.fleet.registry import history_entry, record
+
+    ckpt = Path(run_dir) / checkpoint_dir_name(step)
+    return record(str(run_dir), history_entry(step, str(ckpt), metrics={metric: value}), metric, mode)
