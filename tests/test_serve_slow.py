@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def ray_head(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_job_submitted_app_keeps_serving_after_the_job_ends(ray_head, tmp_path):
