@@ -59,7 +59,8 @@ class EventWatch:
             self._sig = sig
             local = path
             if "://" in self.url:
-                local = tempfile.mkdtemp(prefix="bench-fleet-tb-")
+                # a target that does not exist yet receives the directory's files themselves
+                local = f"{tempfile.mkdtemp(prefix='bench-fleet-tb-')}/events"
                 fs.get(path, local, recursive=True)
             if self._acc is None or "://" in self.url:
                 self._acc = EventAccumulator(local, size_guidance={"scalars": 0, "images": 1})
