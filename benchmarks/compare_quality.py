@@ -1,7 +1,7 @@
 """Quality on the sample test split: fine-tuned MaDiS against the same budget without pretraining
 and against a nearest-neighbour baseline, all scored by the same code in one run (issue 6 s. 4).
 
-Run (inside the loopback namespace; about 15 minutes on 2 cores with the cpu-tiny profile)::
+Run (inside the loopback namespace; about 25 minutes on 2 idle cores with the cpu-tiny profile)::
 
     scripts/loopback.sh .venv/bin/python benchmarks/compare_quality.py
     scripts/loopback.sh .venv/bin/python benchmarks/compare_quality.py --tokens s3://b/tokens \\
