@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-RAY_FREE = ["madis.motion", "madis.data", "madis.tokenizer", "madis.mdlm", "madis.metrics", "madis.viz"]
+RAY_FREE = ["madis.motion", "madis.data", "madis.tokenizer", "madis.mdlm", "madis.metrics", "madis.viz",
+            "madis.utils"]
 
 
 @pytest.mark.parametrize("package", RAY_FREE)

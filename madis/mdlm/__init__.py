@@ -8,36 +8,24 @@ Public API::
     out = model.generate(texts, langs, num_steps=25)         # out.tokens [B, N, 3], out.lengths [B]
     model.save_pretrained(dir); MaDiSModel.from_pretrained(dir, tokenizer)
 
-SPEC sections "Notation" to "MoP embedding layer"; see each module for its equation.
+SPEC sections "Notation" to "MoP embedding layer"; see each module for its equation. Names are
+imported on first use (:mod:`madis.utils.lazy`), so ``madis.mdlm.cli`` and ``madis.mdlm.text``
+load without torch or transformers.
 """
 
-from madis.mdlm.ar import ARBaseline
-from madis.mdlm.base import Generation, SignLanguageModel, TextBatch, load_pretrained
-from madis.mdlm.config import ModelConfig
-from madis.mdlm.masking import (
-    sample_mask_ratio,
-    uniform_mask,
-    utc_index_mask,
-    utc_stage_of_positions,
-    utc_strides,
-)
-from madis.mdlm.model import MaDiSModel
-from madis.mdlm.sampling import (
-    llada_schedule,
-    num_orders_utc,
-    num_orders_vanilla,
-    split_steps,
-    truncate_at_eos,
-    unmask,
-    utc_schedule,
-)
-from madis.mdlm.text import ByteTokenizer, HFTextTokenizer, format_prompt
-from madis.mdlm.vocab import SignVocab
+from madis.utils.lazy import lazy_exports
 
-__all__ = [
-    "ARBaseline", "ByteTokenizer", "Generation", "HFTextTokenizer", "MaDiSModel", "ModelConfig",
-    "SignLanguageModel", "SignVocab", "TextBatch", "format_prompt", "llada_schedule",
-    "load_pretrained", "num_orders_utc", "num_orders_vanilla", "sample_mask_ratio", "split_steps",
-    "truncate_at_eos", "uniform_mask", "unmask", "utc_index_mask", "utc_schedule",
-    "utc_stage_of_positions", "utc_strides",
-]
+# imported on first use: the model modules load transformers (seconds), which neither
+# `madis --help` nor a user of the byte tokenizer alone should pay for
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "ar": ("ARBaseline",),
+    "base": ("Generation", "SignLanguageModel", "TextBatch", "load_pretrained"),
+    "config": ("ModelConfig",),
+    "masking": ("sample_mask_ratio", "uniform_mask", "utc_index_mask", "utc_stage_of_positions",
+                "utc_strides"),
+    "model": ("MaDiSModel",),
+    "sampling": ("llada_schedule", "num_orders_utc", "num_orders_vanilla", "split_steps",
+                 "truncate_at_eos", "unmask", "utc_schedule"),
+    "text": ("ByteTokenizer", "HFTextTokenizer", "format_prompt"),
+    "vocab": ("SignVocab",),
+})

@@ -9,7 +9,6 @@ so the one training loop and the benchmarks treat them alike.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,8 @@ from madis.mdlm.text import (
     save_text_tokenizer,
 )
 from madis.mdlm.vocab import SignVocab
+from madis.utils.pretrained import load_weights, read_config, save_pretrained
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 FORMAT = "madis-mdlm/1"
 
 
@@ -249,11 +247,8 @@ class SignLanguageModel(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` (model config, backbone config, sizes), ``model.safetensors``
-        and the text tokenizer. The motion tokenizer is not included (saved on its own)."""
-        from safetensors.torch import save_model
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+        (:mod:`madis.utils.pretrained`) and the text tokenizer into a local directory. The
+        motion tokenizer is not included (saved on its own)."""
         meta = {
             "format": FORMAT,
             "class": type(self).__name__,
@@ -263,15 +258,15 @@ class SignLanguageModel(nn.Module):
             "codebook_sizes": list(self.codebook_sizes),
             "code_dims": list(self.code_dims),
         }
-        save_text_tokenizer(self.text_tokenizer, d)
-        save_model(self, str(d / WEIGHTS_FILE))
-        (d / CONFIG_FILE).write_text(json.dumps(meta, indent=1))
+        save_text_tokenizer(self.text_tokenizer, directory)
+        save_pretrained(directory, self, meta, indent=1)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, tokenizer: Any = None,
                         overrides: Mapping[str, Any] | None = None,
                         map_location: str | torch.device = "cpu") -> "SignLanguageModel":
-        """Load a model written by :meth:`save_pretrained`; no network access.
+        """Load a model written by :meth:`save_pretrained` from a local directory; no network
+        access.
 
         Args:
             tokenizer: motion tokenizer to attach (needed for latent/physical losses and motion
@@ -282,14 +277,8 @@ class SignLanguageModel(nn.Module):
         Raises:
             FileNotFoundError: no checkpoint there; ValueError: a checkpoint of another class.
         """
-        from safetensors.torch import load_model
-
         d = Path(directory)
-        if not (d / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"no {CONFIG_FILE} in {d}")
-        meta = json.loads((d / CONFIG_FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{d} is not a MaDiS MDLM checkpoint (format {meta.get('format')!r})")
+        meta = read_config(d, {"format": FORMAT}, "MaDiS MDLM checkpoint")
         if meta["class"] != cls.__name__ and cls is not SignLanguageModel:
             raise ValueError(f"{d} holds a {meta['class']}, not a {cls.__name__}")
         target = cls if cls is not SignLanguageModel else _model_class(meta["class"])
@@ -301,8 +290,7 @@ class SignLanguageModel(nn.Module):
         model = target(cfg, None, codebook_sizes=meta["codebook_sizes"],
                        code_dims=meta["code_dims"], _saved=saved)
         strict = cfg_dict.get("embedding") == meta["model"].get("embedding")
-        missing, unexpected = load_model(model, str(d / WEIGHTS_FILE), strict=strict,
-                                         device=str(map_location))
+        missing, _ = load_weights(d, model, strict=strict)
         model.missing = sorted(missing)
         model.to(map_location)
         if tokenizer is not None:

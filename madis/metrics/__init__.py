@@ -5,11 +5,9 @@ Names are imported on first use, so that ``madis.metrics.cli`` (loaded by every 
 build its parser) does not pull in torch and numba.
 """
 
-from __future__ import annotations
+from madis.utils.lazy import lazy_exports
 
-import importlib
-
-_EXPORTS = {
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "dtw": ("dtw_jpe", "dtw_jpe_batch"),
     "evaluation": ("dtw_jpe_scores", "evaluate", "load_references", "part_dtw_jpe",
                    "siclip_retrieval", "siclip_similarity"),
@@ -18,18 +16,4 @@ _EXPORTS = {
                   "retrieval_ranks"),
     "sign_bleu": ("part_sibleu", "sibleu", "token_streams"),
     "siclip": ("SiCLIP", "SiCLIPConfig", "SiCLIPEmbeddings", "SiCLIPOutput"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'madis.metrics' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"madis.metrics.{_MODULE_OF[name]}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+})

@@ -19,14 +19,11 @@ profiles use the byte-level transformer here (its size set by the profile).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import fsspec
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,11 +31,12 @@ from torch import nn
 from madis.config import ConfigError, from_dict, to_dict
 from madis.metrics.contrastive import masked_softmax, symmetric_cross_entropy, token_wise_similarity
 from madis.motion import PARTS, get_format
+from madis.utils.pretrained import load_weights, read_config, save_pretrained
 
 __all__ = ["SiCLIPConfig", "SiCLIP", "SiCLIPEmbeddings", "SiCLIPOutput", "encode_texts"]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+#: ``kind`` of an exported SiCLIP model's ``config.json``
+KIND = "madis.SiCLIP"
 #: frames per sign-token position (the tokenizer's 4x temporal down-sampling)
 FRAMES_PER_POSITION = 4
 
@@ -359,16 +357,10 @@ class SiCLIP(nn.Module):
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, path: str) -> None:
-        """Write ``model.safetensors`` and ``config.json`` under ``path`` (directory or URL)."""
-        fs, root = fsspec.core.url_to_fs(str(path))
-        fs.makedirs(root, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with fs.open(f"{root}/{WEIGHTS_NAME}", "wb") as f:
-            f.write(safetensors.torch.save(state))
-        meta = {"kind": "madis.SiCLIP", "motion_format": self.motion_format,
-                "siclip": to_dict(self.config)}
-        with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
-            json.dump(meta, f, indent=2)
+        """Write ``model.safetensors`` and ``config.json`` under ``path`` (directory or URL);
+        see :mod:`madis.utils.pretrained`."""
+        save_pretrained(path, self, {"kind": KIND, "motion_format": self.motion_format,
+                                     "siclip": to_dict(self.config)})
 
     @classmethod
     def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu") -> "SiCLIP":
@@ -378,16 +370,7 @@ class SiCLIP(nn.Module):
             FileNotFoundError: ``config.json`` or ``model.safetensors`` missing.
             ValueError: the directory holds something other than a SiCLIP model.
         """
-        fs, root = fsspec.core.url_to_fs(str(path))
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not fs.exists(f"{root}/{name}"):
-                raise FileNotFoundError(f"{path}: no {name}; not a saved SiCLIP model")
-        with fs.open(f"{root}/{CONFIG_NAME}", "r") as f:
-            meta = json.load(f)
-        if meta.get("kind") != "madis.SiCLIP":
-            raise ValueError(f"{path}/{CONFIG_NAME} does not describe a SiCLIP model")
-        with fs.open(f"{root}/{WEIGHTS_NAME}", "rb") as f:
-            state = safetensors.torch.load(f.read())
+        meta = read_config(path, {"kind": KIND}, "SiCLIP model")
         model = cls(from_dict(SiCLIPConfig, meta["siclip"], "siclip"), meta["motion_format"])
-        model.load_state_dict(state)
+        load_weights(path, model)
         return model.to(map_location).eval()

@@ -7,13 +7,10 @@ indexes codebook ``C_p`` (``PARTS`` order). Padding is ``PAD_TOKEN`` (-1), as in
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Sequence
 
-import fsspec
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,11 +19,12 @@ from madis.config import from_dict, to_dict
 from madis.motion import PARTS, MotionFormat, get_format
 from madis.tokenizer.config import FRAMES_PER_TOKEN, TokenizerConfig
 from madis.tokenizer.vqvae import PartVQVAE
+from madis.utils.pretrained import load_weights, read_config, save_pretrained
 
 #: Token value at padded positions (token shards and the batch reader use it too).
 PAD_TOKEN = -1
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+#: ``kind`` of an exported tokenizer's ``config.json``
+KIND = "madis.DecoupledTokenizer"
 
 
 @dataclass
@@ -278,20 +276,13 @@ class DecoupledTokenizer(nn.Module):
 
     # -- persistence ------------------------------------------------------------------------------------
     def save_pretrained(self, path: str) -> None:
-        """Write ``model.safetensors`` and ``config.json`` under ``path`` (a directory or URL).
+        """Write ``model.safetensors`` (float32) and ``config.json`` under ``path`` (a directory
+        or URL); see :mod:`madis.utils.pretrained`.
 
         Loading needs neither DeepSpeed nor Ray: see :meth:`from_pretrained`.
         """
-        fs, root = fsspec.core.url_to_fs(str(path))
-        fs.makedirs(root, exist_ok=True)
-        state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point()
-                 else v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        with fs.open(f"{root}/{WEIGHTS_NAME}", "wb") as f:
-            f.write(safetensors.torch.save(state))
-        meta = {"kind": "madis.DecoupledTokenizer", "motion_format": self.motion_format,
-                "tokenizer": to_dict(self.config)}
-        with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
-            json.dump(meta, f, indent=2)
+        save_pretrained(path, self, {"kind": KIND, "motion_format": self.motion_format,
+                                     "tokenizer": to_dict(self.config)}, float32=True)
 
     @classmethod
     def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu"
@@ -302,17 +293,8 @@ class DecoupledTokenizer(nn.Module):
             FileNotFoundError: ``config.json`` or ``model.safetensors`` missing.
             ValueError: the directory holds something else than a tokenizer.
         """
-        fs, root = fsspec.core.url_to_fs(str(path))
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not fs.exists(f"{root}/{name}"):
-                raise FileNotFoundError(f"{path}: no {name}; not a saved DecoupledTokenizer")
-        with fs.open(f"{root}/{CONFIG_NAME}", "r") as f:
-            meta = json.load(f)
-        if meta.get("kind") != "madis.DecoupledTokenizer":
-            raise ValueError(f"{path}/{CONFIG_NAME} does not describe a DecoupledTokenizer")
-        with fs.open(f"{root}/{WEIGHTS_NAME}", "rb") as f:
-            state = safetensors.torch.load(f.read())
+        meta = read_config(path, {"kind": KIND}, "DecoupledTokenizer")
         model = cls(from_dict(TokenizerConfig, meta["tokenizer"], "tokenizer"),
                     meta["motion_format"])
-        model.load_state_dict(state)
+        load_weights(path, model)
         return model.to(map_location).eval()
