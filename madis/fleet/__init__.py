@@ -13,22 +13,13 @@ of :mod:`madis.fleet.evaluation`.
 
 from madis.fleet.config import FleetConfig
 from madis.fleet.registry import BEST_FILE, best_url, read_best
+from madis.utils.lazy import lazy_exports
 
-_LAZY = {
-    "EvalFleet": "fleet", "FleetError": "fleet", "FleetSummary": "fleet",
-    "CheckpointDecoder": "evaluation", "CheckpointLoadError": "evaluation",
-    "ValidationSet": "evaluation", "load_validation_set": "evaluation",
-    "checkpoint_metrics": "evaluation", "Dashboard": "dashboard",
-    "fleet_tensorboard_url": "dashboard",
-}
+__getattr__, _, _LAZY = lazy_exports(__name__, {
+    "fleet": ("EvalFleet", "FleetError", "FleetSummary"),
+    "evaluation": ("CheckpointDecoder", "CheckpointLoadError", "ValidationSet",
+                   "load_validation_set", "checkpoint_metrics"),
+    "dashboard": ("Dashboard", "fleet_tensorboard_url"),
+})
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"madis.fleet.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'madis.fleet' has no attribute {name!r}")
-
-
-__all__ = sorted({"BEST_FILE", "FleetConfig", "best_url", "read_best"} | set(_LAZY))
+__all__ = sorted({"BEST_FILE", "FleetConfig", "best_url", "read_best", *_LAZY})

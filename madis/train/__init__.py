@@ -10,18 +10,12 @@ from madis.train.checkpoints import (
 )
 from madis.train.config import TrainConfig, train_config
 from madis.train.task import Task
+from madis.utils.lazy import lazy_exports
 
-_LAZY = {"fit", "FitResult", "NonFiniteLossError", "TrainState", "train_worker",
-         "deepspeed_config", "total_steps", "run_url"}
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        from madis.train import loop
-
-        return getattr(loop, name)
-    raise AttributeError(f"module 'madis.train' has no attribute {name!r}")
-
+__getattr__, _, _LAZY = lazy_exports(__name__, {"loop": (
+    "fit", "FitResult", "NonFiniteLossError", "TrainState", "train_worker", "deepspeed_config",
+    "total_steps", "run_url")})
 
 __all__ = sorted({"CheckpointInfo", "Task", "TrainConfig", "latest_checkpoint",
-                  "list_checkpoints", "read_metadata", "train_config", "write_report"} | _LAZY)
+                  "list_checkpoints", "read_metadata", "train_config", "write_report",
+                  *_LAZY})
