@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from madis.data import storage
-from madis.data.shards import ReadStats, Sample, iter_batches, read_manifest, write_shards
+from madis.data.shards import (
+    ReadStats, Sample, iter_batches, open_shard_root, read_manifest, write_shards,
+)
 
 D = 6
 
@@ -71,6 +73,15 @@ def test_manifest_counts_and_stats(shard_root):
     train = np.concatenate([s.motion.astype(np.float16).astype(np.float32) for s in _samples("train", 40, 1)])
     np.testing.assert_allclose(m["stats"]["mean"], train.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m["stats"]["std"], train.std(0), rtol=1e-5)
+
+
+def test_open_shard_root_makes_a_relative_path_absolute(shard_root, monkeypatch):
+    monkeypatch.chdir(shard_root.parent)
+    root = open_shard_root(shard_root.name)  # relative to the working directory
+    assert root.url == str(shard_root) and root.motion_format == "keypoints"
+    assert root.splits == {"train": 40, "val": 7}
+    assert root.mean == read_manifest(str(shard_root))["stats"]["mean"] and len(root.std) == D
+    assert open_shard_root(f"file://{shard_root}").url == f"file://{shard_root}"  # URLs as given
 
 
 def test_batches_follow_the_contract(shard_root):

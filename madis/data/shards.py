@@ -254,6 +254,40 @@ def read_manifest(url: str) -> dict:
     return json.loads(raw)
 
 
+@dataclass(frozen=True)
+class ShardRoot:
+    """What a training task reads from a shard root's manifest (see :func:`open_shard_root`).
+
+    Attributes:
+        url: the root, a local path made absolute (workers may run elsewhere) or a URL.
+        motion_format: ``keypoints`` or ``smplx133``.
+        mean, std: z-score statistics over train, ``[D]`` each, in the format's units.
+        splits: samples per split.
+        manifest: the whole manifest.
+    """
+
+    url: str
+    motion_format: str
+    mean: list[float]
+    std: list[float]
+    splits: dict[str, int]
+    manifest: dict
+
+
+def open_shard_root(url: str | Path) -> ShardRoot:
+    """Read the manifest of shard root ``url`` into a :class:`ShardRoot`.
+
+    Raises:
+        StorageError: S3 endpoint unreachable, bucket or manifest missing.
+        FileNotFoundError: no manifest in a local directory.
+    """
+    url = storage.absolute(url)
+    m = read_manifest(url)
+    return ShardRoot(url=url, motion_format=m["format"], mean=list(m["stats"]["mean"]),
+                     std=list(m["stats"]["std"]),
+                     splits={k: int(v["samples"]) for k, v in m["splits"].items()}, manifest=m)
+
+
 def shard_urls(url: str, split: str, manifest: Mapping | None = None) -> list[str]:
     """URLs of a split's shards, in manifest order.
 

@@ -57,6 +57,16 @@ def local_path(url: str | os.PathLike) -> Path:
     raise ValueError(f"not a local path or file:// URL: {s!r}")
 
 
+def absolute(url: str | os.PathLike) -> str:
+    """``url`` with a plain local path made absolute; URLs with a scheme are returned as is.
+
+    Ray workers and jobs may run in another working directory than the driver that named the
+    path, where a relative one would point elsewhere.
+    """
+    s = str(url)
+    return s if "://" in s else str(Path(s).resolve())
+
+
 def join(url: str | os.PathLike, name: str) -> str:
     """``url`` + ``/name`` for any supported URL (local paths stay plain paths)."""
     s = str(url)

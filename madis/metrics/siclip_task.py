@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,14 +44,11 @@ class SiCLIPTask(Task):
         Raises:
             FileNotFoundError / StorageError: no manifest there.
         """
-        from madis.data.shards import read_manifest
+        from madis.data.shards import open_shard_root
 
-        if "://" not in str(shards):  # workers may run elsewhere: resolve a relative path here
-            shards = str(Path(shards).resolve())
-        m = read_manifest(shards)
-        return cls(config=config, shards=str(shards), motion_format=m["format"],
-                   mean=list(m["stats"]["mean"]), std=list(m["stats"]["std"]),
-                   splits={k: int(v["samples"]) for k, v in m["splits"].items()}, **kw)
+        root = open_shard_root(shards)
+        return cls(config=config, shards=root.url, motion_format=root.motion_format,
+                   mean=root.mean, std=root.std, splits=root.splits, **kw)
 
     def build_model(self) -> SiCLIP:
         return SiCLIP(self.config, self.motion_format, self.mean, self.std)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,15 +49,12 @@ class TokenizerTask(Task):
         Raises:
             FileNotFoundError / StorageError: no manifest there.
         """
-        from madis.data.shards import read_manifest
+        from madis.data.shards import open_shard_root
 
-        if "://" not in str(shards):  # workers run elsewhere: a relative path would not resolve
-            shards = str(Path(shards).resolve())
-        m = read_manifest(shards)
-        splits = {k: int(v["samples"]) for k, v in m["splits"].items()}
-        return cls(config=config, shards=str(shards), motion_format=m["format"],
-                   mean=list(m["stats"]["mean"]), std=list(m["stats"]["std"]),
-                   train_samples=splits.get("train", 0), splits=splits, **kw)
+        root = open_shard_root(shards)
+        return cls(config=config, shards=root.url, motion_format=root.motion_format,
+                   mean=root.mean, std=root.std, train_samples=root.splits.get("train", 0),
+                   splits=root.splits, **kw)
 
     def build_model(self) -> DecoupledTokenizer:
         return DecoupledTokenizer(self.config, self.motion_format, self.mean, self.std)
