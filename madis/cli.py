@@ -21,6 +21,7 @@ COMMAND_GROUPS: list[tuple[str, str]] = [
     ("eval", "madis.metrics.cli"),
     ("generate", "madis.mdlm.cli"),
     ("render", "madis.viz.cli"),
+    ("up/down", "madis.stack"),
 ]
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# README command (1): install what is needed, then run the main job on the embedded default
-# (local S3-compatible server and, as the pipeline grows, a local Ray cluster, all on 127.0.0.1).
+# README command (1): install what is needed, then run the whole pipeline on the embedded default
+# (`madis up`: local S3-compatible server and Ray cluster on 127.0.0.1, the real sample shards,
+# tokenizer -> SiCLIP -> pretraining -> fine-tuning + eval fleet -> Ray Serve and one request).
+# Idempotent: a second run reuses what is built. Stop everything with `.venv/bin/madis down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec scripts/loopback.sh .venv/bin/madis data roundtrip "$@"
+exec .venv/bin/madis up "$@"

@@ -1,0 +1,449 @@
+"""The embedded default: the whole pipeline on one machine, from ``madis up`` to ``madis down``.
+
+``madis up`` starts a local S3-compatible server and a local Ray cluster on 127.0.0.1, builds and
+uploads the real sample shards, submits the jobs with ``ray job submit`` exactly as a user would
+on a GPU cluster (tokenizer, SiCLIP, pretraining, fine-tuning with the eval fleet beside it), then
+deploys Ray Serve on the fleet's best checkpoint and sends it one request. Everything it builds is
+reused by the next ``madis up``: finished runs return at once, uploads are skipped when present.
+
+Ray listens on every interface of a machine. When run as root with ``ip`` available, ``madis up``
+and ``madis down`` therefore re-execute themselves inside a persistent network namespace named
+``madis`` that holds only ``lo``: the servers live there until ``madis down``, and nothing outside
+the machine can reach them (``ip netns exec madis curl ...`` reaches them from this machine).
+``MADIS_NO_NETNS=1`` skips the namespace.
+
+This module only runs commands (``ray``, ``moto_server``); it imports no Ray itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+NETNS = "madis"
+S3_PORT = 9000
+DASHBOARD = "http://127.0.0.1:8265"
+SERVE_URL = "http://127.0.0.1:8000"
+BUCKET = "s3://madis"
+SAMPLE_URL = f"{BUCKET}/sample"
+TOKENS_URL = f"{BUCKET}/tokens"
+# short: Ray's socket paths must stay under 107 characters; tests give each cluster its own
+RAY_TEMP = os.environ.get("MADIS_RAY_TEMP", "/tmp/madis-ray")
+DEMO_TEXT = ("HELLO", "ase")
+
+#: What the console shows of a job's output (everything is in .madis/logs/<job>.log): progress
+#: bars, MaDiS's own log lines, and the outcome. Ray's and DeepSpeed's chatter stays in the log.
+_SHOW = re.compile(r"\d+%\||\bINFO madis\.|\bWARNING madis\.|succeeded|FAILED|failed with|Error:|^Traceback")
+
+
+@dataclass
+class Paths:
+    """Where the embedded default keeps its state (all under the repository)."""
+
+    repo: Path
+    storage_dir: Path | None = None
+
+    @property
+    def state(self) -> Path:
+        return Path(os.environ.get("MADIS_HOME", self.repo / ".madis"))
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def storage(self) -> Path:
+        return (self.storage_dir or self.repo / "storage").resolve()
+
+    @property
+    def shards(self) -> Path:
+        return self.repo / "shards"
+
+    @property
+    def demo(self) -> Path:
+        return self.storage / "demo"
+
+
+def find_repo(start: Path | None = None) -> Path:
+    """The MaDiS checkout holding ``ray_jobs/`` (the jobs ``madis up`` submits).
+
+    Raises:
+        SystemExit: not run from inside a checkout.
+    """
+    for p in [start or Path.cwd(), *(start or Path.cwd()).parents,
+              Path(__file__).resolve().parent.parent]:
+        if (p / "ray_jobs" / "pretrain.py").exists() and (p / "configs").is_dir():
+            return p
+    raise SystemExit("madis up/down: run from the MaDiS checkout (no ray_jobs/ found here)")
+
+
+# --------------------------------------------------------------------------- network namespace
+def _loopback_only() -> bool:
+    return [name for _, name in socket.if_nameindex()] == ["lo"]
+
+
+def ensure_isolated(argv: list[str]) -> None:
+    """Re-execute this command inside the ``madis`` network namespace when that is needed.
+
+    Returns without doing anything when already isolated (only ``lo`` is visible), when
+    ``MADIS_NO_NETNS=1``, or when namespaces cannot be made (not root): then a warning says that
+    Ray will listen on every interface.
+    """
+    if os.environ.get("MADIS_NO_NETNS") == "1" or _loopback_only():
+        return
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        print("[madis] warning: cannot isolate the servers (needs root and `ip`); Ray will listen "
+              "on every interface of this machine (token authentication stays on).")
+        return
+    if not Path(f"/run/netns/{NETNS}").exists():
+        subprocess.run(["ip", "netns", "add", NETNS], check=True)
+    subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True)
+    sys.stdout.flush()
+    os.execvp("ip", ["ip", "netns", "exec", NETNS, sys.executable, "-m", "madis.cli", *argv])
+
+
+def netns_hint() -> str:
+    return f"ip netns exec {NETNS} " if Path(f"/run/netns/{NETNS}").exists() else ""
+
+
+# --------------------------------------------------------------------------- steps
+class Step:
+    """Numbered progress lines with elapsed time: ``[3/9] Ray cluster ... running (2.1 s)``."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n, self.t0 = total, 0, time.monotonic()
+
+    def __call__(self, title: str) -> "Step":
+        self.n += 1
+        self.t = time.monotonic()
+        print(f"[{self.n}/{self.total}] {title}", flush=True)
+        return self
+
+    def done(self, what: str) -> None:
+        print(f"      {what} ({time.monotonic() - self.t:.1f} s)", flush=True)
+
+
+def _env(paths: Paths, s3_env: dict[str, str]) -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)
+    return {**os.environ, **s3_env, "RAY_AUTH_MODE": "token",
+            "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
+
+
+def _s3_env() -> dict[str, str]:
+    from madis.data.s3server import LOCAL_CREDENTIALS
+
+    return {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}", **LOCAL_CREDENTIALS}
+
+
+def _answers(url: str, timeout: float = 2.0) -> bool:
+    try:
+        urllib.request.urlopen(url, timeout=timeout).read()
+        return True
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+
+
+def start_s3(paths: Paths) -> str:
+    """The local S3 server on 127.0.0.1:9000, started as a daemon unless it already answers."""
+    from madis.data.s3server import LocalS3Server
+
+    if _answers(f"http://127.0.0.1:{S3_PORT}/"):
+        return "running"
+    server = LocalS3Server(port=S3_PORT, log_path=paths.logs / "s3.log").start()
+    (paths.state / "s3.pid").write_text(str(server._proc.pid))
+    return f"started (pid {server._proc.pid}, data in memory until `madis down`)"
+
+
+def upload_if_missing(local: Path, url: str) -> str:
+    """Upload a shard directory unless the same manifest is already at ``url``."""
+    from madis.data import storage
+
+    mine = json.loads((local / "manifest.json").read_text())
+    try:
+        theirs = json.loads(storage.read_bytes(f"{url}/manifest.json"))
+    except storage.StorageError:
+        theirs = None
+    if theirs == mine:
+        return f"{url} already holds these shards"
+    storage.upload_dir(local, url)
+    return f"uploaded {local} -> {url}"
+
+
+def ray_running(env: dict[str, str]) -> bool:
+    out = subprocess.run(["ray", "job", "list", "--address", DASHBOARD], env=env,
+                         capture_output=True, text=True, timeout=60)
+    return out.returncode == 0
+
+
+def start_ray(env: dict[str, str], num_cpus: int) -> str:
+    if ray_running(env):
+        return f"running ({DASHBOARD})"
+    cmd = ["ray", "start", "--head", f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
+           "--node-ip-address=127.0.0.1", f"--temp-dir={RAY_TEMP}", "--disable-usage-stats"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise SystemExit(f"ray start failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return f"started ({DASHBOARD}, {num_cpus} CPUs, token authentication on)"
+
+
+class Job:
+    """One ``ray job submit`` run: its output goes to ``.madis/logs/<name>.log``; the console
+    gets the job's own lines (progress, reports) prefixed with its name."""
+
+    def __init__(self, name: str, script: str, args: list[str], paths: Paths,
+                 env: dict[str, str]) -> None:
+        self.name = name
+        runtime_env = {"env_vars": {k: env[k] for k in _s3_env()}}
+        cmd = ["ray", "job", "submit", "--address", DASHBOARD, "--working-dir", str(paths.repo),
+               "--runtime-env-json", json.dumps(runtime_env), "--", "python", script, *args]
+        self.log_path = paths.logs / f"{name}.log"
+        self.log = open(self.log_path, "w", encoding="utf-8")
+        self.log.write("$ " + " ".join(cmd) + "\n")
+        self.proc = subprocess.Popen(cmd, env=env, cwd=paths.repo, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                     errors="replace")
+        self.lines: list[str] = []
+        self._pump = threading.Thread(target=self._read, daemon=True)
+        self._pump.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            # tqdm redraws with \r: keep the last state of each line
+            line = raw.rstrip("\n").split("\r")[-1]
+            self.log.write(raw)
+            self.log.flush()
+            self.lines.append(line)
+            if _SHOW.search(line):
+                line = re.sub(r"\x1b\[[0-9;]*m", "", line)
+                line = re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(SUCC \S+ -- )?", "", line)
+                print(f"      [{self.name}] {line[:150]}", flush=True)
+
+    def wait(self) -> int:
+        rc = self.proc.wait()
+        self._pump.join(timeout=10)
+        self.log.close()
+        return rc
+
+
+def run_job(name: str, script: str, args: list[str], paths: Paths, env: dict[str, str]) -> None:
+    job = Job(name, script, args, paths, env)
+    if job.wait() != 0:
+        raise SystemExit(f"job {name} failed; its whole log: {job.log_path}")
+
+
+def wait_http(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(1)
+    return False
+
+
+def demo_request(paths: Paths) -> str:
+    """One POST /generate (JSON and GIF) to the service; returns a one-line summary."""
+    text, lang = DEMO_TEXT
+    body = json.dumps({"text": text, "lang": lang}).encode()
+    req = urllib.request.Request(f"{SERVE_URL}/generate", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        reply = json.loads(r.read())
+    paths.demo.mkdir(parents=True, exist_ok=True)
+    gif = paths.demo / f"{text}_{lang}.gif"
+    req = urllib.request.Request(f"{SERVE_URL}/generate?format=gif", data=body,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            gif.write_bytes(r.read())
+        rendered = f"rendered to {gif}"
+    except urllib.error.HTTPError as e:  # e.g. an undertrained model that ends at once
+        rendered = f"no rendering: {e.code} {e.read()[:200].decode(errors='replace')}"
+    (paths.demo / f"{text}_{lang}.json").write_text(json.dumps(reply)[:10_000_000])
+    timings = reply.get("timings", {})
+    return (f"'{text}' [{lang}] -> {reply.get('length')} sign positions, {reply.get('frames')} "
+            f"frames, checkpoint step {reply.get('checkpoint_step')}, "
+            f"{timings.get('total_ms', float('nan')):.0f} ms; {rendered}")
+
+
+# --------------------------------------------------------------------------- up / down
+def _overrides(args: argparse.Namespace, job: str, storage: Path) -> list[str]:
+    out = [f"--config={args.config}", f"train.storage_path={storage}"]
+    if args.quick:
+        out += [f"train_{job}.steps={args.quick}", f"train_{job}.checkpoint_every="
+                f"{max(1, args.quick // 2)}"]
+    return out
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    ensure_isolated(["up", *_argv_of(args)])
+    paths = Paths(find_repo(), args.storage)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    env = _env(paths, _s3_env())
+    os.environ.update(_s3_env())
+    step = Step(9)
+
+    step("S3-compatible server on 127.0.0.1")
+    step.done(start_s3(paths))
+
+    step("sample shards (real fingerspelling clips, 19 sign languages)")
+    from madis.data.sample import build_sample_corpus, is_up_to_date
+
+    if is_up_to_date(paths.shards):
+        step.done(f"{paths.shards} up to date")
+    else:
+        build_sample_corpus(paths.shards)
+        step.done(f"built into {paths.shards}")
+
+    step(f"upload to {SAMPLE_URL}")
+    step.done(upload_if_missing(paths.shards, SAMPLE_URL))
+
+    step("Ray cluster on 127.0.0.1")
+    step.done(start_ray(env, args.num_cpus))
+
+    st = paths.storage
+    step("tokenizer job (ray job submit ray_jobs/train_tokenizer.py)")
+    run_job("tokenizer", "ray_jobs/train_tokenizer.py",
+            ["--shards", SAMPLE_URL, "--tokens", TOKENS_URL, *_overrides(args, "tokenizer", st)],
+            paths, env)
+    step.done(f"token shards at {TOKENS_URL}")
+
+    step("SiCLIP job (ray job submit ray_jobs/train_siclip.py)")
+    run_job("siclip", "ray_jobs/train_siclip.py",
+            ["--shards", SAMPLE_URL, *_overrides(args, "siclip", st)], paths, env)
+    step.done(f"run {st / 'siclip'}")
+
+    step("pretraining job (ray job submit ray_jobs/pretrain.py)")
+    run_job("pretrain", "ray_jobs/pretrain.py",
+            ["--shards", TOKENS_URL, *_overrides(args, "pretrain", st)], paths, env)
+    step.done(f"run {st / 'pretrain'}")
+
+    step("fine-tuning job with the eval fleet beside it")
+    fleet = Job("fleet", "ray_jobs/eval_fleet.py",
+                ["--job", "finetune", f"--config={args.config}", f"train.storage_path={st}"],
+                paths, env)
+    try:
+        run_job("finetune", "ray_jobs/finetune.py",
+                ["--shards", TOKENS_URL, *_overrides(args, "finetune", st)], paths, env)
+    except SystemExit:
+        fleet.proc.terminate()
+        raise
+    if fleet.wait() != 0:
+        raise SystemExit(f"the eval fleet failed; its whole log: {fleet.log_path}")
+    from madis.fleet.registry import read_best
+
+    best = read_best(str(st / "finetune")) or {}
+    b = best.get("best") or {}
+    step.done(f"best checkpoint by {best.get('metric')}: step {b.get('step')} "
+              f"({b.get('value')}); TensorBoard logs in {st / 'finetune' / 'tensorboard'}")
+
+    step("Ray Serve on the best checkpoint, and one request")
+    run_job("serve", "ray_jobs/serve.py", ["--run", str(st / "finetune"),
+                                            f"--config={args.config}"], paths, env)
+    if not wait_http(f"{SERVE_URL}/healthz", 300):
+        raise SystemExit(f"the service did not become healthy; see {paths.logs}/serve.log")
+    step.done(demo_request(paths))
+
+    ns = netns_hint()
+    print(f"""
+MaDiS is up ({time.monotonic() - t0:.0f} s).
+  service        {SERVE_URL}/  (demo page; POST /generate)   e.g.
+                 {ns}curl -s -X POST {SERVE_URL}/generate -d '{{"text": "HELLO", "lang": "ase"}}'
+  rendered       {paths.demo}/
+  TensorBoard    .venv/bin/tensorboard --logdir {st / 'finetune' / 'tensorboard'} --host 127.0.0.1
+  best checkpoint .venv/bin/madis best {st / 'finetune'} --history
+  Ray dashboard  {DASHBOARD}   jobs: {ns}.venv/bin/ray job list --address {DASHBOARD}
+  logs           {paths.logs}/
+  stop all       .venv/bin/madis down
+""")
+    return 0
+
+
+def _kill_tree_matching(marker: str) -> int:
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []):
+                # Ray's agents and client server do not name the temp dir: take the whole tree
+                procs += [p, *p.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    procs = list({p.pid: p for p in procs}.values())
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return len(procs)
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    ensure_isolated(["down"])
+    paths = Paths(find_repo())
+    env = _env(paths, _s3_env())
+    if ray_running(env):
+        subprocess.run(["serve", "shutdown", "--address", DASHBOARD, "-y"], env=env,
+                       capture_output=True, timeout=120)
+    # by the cluster's own temp dir: `ray stop` would end every Ray cluster of this machine
+    n = _kill_tree_matching(RAY_TEMP)
+    print(f"[madis] Ray cluster stopped ({n} processes)")
+    pid_file = paths.state / "s3.pid"
+    if pid_file.exists():
+        import psutil
+
+        try:
+            psutil.Process(int(pid_file.read_text())).terminate()
+            print("[madis] S3 server stopped (its in-memory data is gone; local shards and "
+                  "storage/ stay)")
+        except psutil.NoSuchProcess:
+            pass
+        pid_file.unlink()
+    print(f"[madis] kept: {paths.shards}/, {paths.storage}/ (remove them to start from scratch)")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    up = subparsers.add_parser(
+        "up", help="run the whole pipeline on this machine (local S3 + Ray, 127.0.0.1)",
+        description=__doc__.split("\n\n")[1])
+    up.add_argument("--config", default="cpu-tiny", help="profile for every job (default cpu-tiny)")
+    up.add_argument("--storage", type=Path, default=None,
+                    help="where runs are kept (default: storage/ in the checkout)")
+    up.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray cluster offers")
+    up.add_argument("--quick", type=int, default=0, metavar="STEPS",
+                    help="cut every training job to STEPS steps (a smoke test of the chain)")
+    up.set_defaults(func=cmd_up)
+    down = subparsers.add_parser("down", help="stop what `madis up` started (Ray, Serve, S3)")
+    down.set_defaults(func=cmd_down)
+
+
+def _argv_of(args: argparse.Namespace) -> list[str]:
+    out = [f"--config={args.config}", f"--num-cpus={args.num_cpus}", f"--quick={args.quick}"]
+    return out + ([f"--storage={args.storage.resolve()}"] if args.storage else [])
