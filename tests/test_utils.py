@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_model
 from torch import nn
 
 from madis.utils.pretrained import load_weights, read_config, save_pretrained
@@ -38,6 +38,22 @@ def test_round_trip_keeps_tied_weights_once_locally_and_on_s3(where, tmp_path, r
     assert torch.equal(loaded.count, torch.arange(4))
     if where == "local":  # one copy of the tied matrix in the file
         assert set(load_file(str(tmp_path / "m" / "model.safetensors"))) == {"count", "embed.weight"}
+
+
+def test_views_of_one_flat_buffer_and_files_of_safetensors_save_model(tmp_path):
+    # DeepSpeed keeps parameters as disjoint views of one flat buffer: each is stored whole
+    flat = torch.arange(8.0)
+    module = nn.Linear(2, 2)
+    module.weight.data, module.bias.data = flat[:4].view(2, 2), flat[4:6]
+    save_pretrained(tmp_path / "flat", module, {"kind": "x"})
+    assert load_file(str(tmp_path / "flat" / "model.safetensors"))["bias"].tolist() == [4.0, 5.0]
+    # a tied model saved by safetensors' own save_model (alias in the metadata) loads too
+    torch.manual_seed(1)
+    tied = Tied()
+    save_model(tied, str(tmp_path / "model.safetensors"))
+    loaded = Tied()
+    load_weights(tmp_path, loaded)
+    assert torch.equal(loaded.out.weight, tied.embed.weight)
 
 
 def test_float32_export_of_a_bf16_module(tmp_path):

@@ -7,21 +7,21 @@ own identifying keys (``{"kind": "madis.SiCLIP"}``, ``{"format": "madis-mdlm/1"}
 config layout; the files, tied weights and errors are handled here once.
 
 Paths may be local directories, ``file://`` or any fsspec URL (``s3://`` with the endpoint from
-``AWS_ENDPOINT_URL``). Weights go through ``safetensors.torch.save_model`` / ``load_model``,
-which store tensors shared between names (tied embeddings) once.
+``AWS_ENDPOINT_URL``). A tensor shared between names (tied embeddings) is stored once, recorded
+in the file's metadata as ``safetensors.torch.save_model`` does, so either side reads the other's
+files.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Mapping
 
 import fsspec
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load, load_file, save, save_file
 from torch import nn
 
 CONFIG_NAME = "config.json"
@@ -36,6 +36,31 @@ def _fs(path: str | os.PathLike):
 def _is_local(fs) -> bool:
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     return "file" in protocols or "local" in protocols
+
+
+def weights_state(module: nn.Module, *, float32: bool = False
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``module``'s ``state_dict`` as safetensors can store it, and the aliases left out.
+
+    A tensor that is another name's tensor (a tied embedding: same storage, offset, shape and
+    strides) is stored once; ``aliases`` maps each left-out name to the name kept, in the form
+    ``safetensors.torch.save_model`` writes into the file's metadata. Disjoint views of one
+    buffer (DeepSpeed's flattened parameters) are stored as separate tensors.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, t in module.state_dict().items():
+        t = t.detach()
+        key = (t.device, t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and key in seen:
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        if float32 and t.is_floating_point():
+            t = t.float()
+        tensors[name] = t.contiguous()
+    return tensors, aliases
 
 
 def save_pretrained(path: str | os.PathLike, module: nn.Module, config: Mapping[str, Any], *,
@@ -53,30 +78,15 @@ def save_pretrained(path: str | os.PathLike, module: nn.Module, config: Mapping[
         OSError: the storage refused a write.
     """
     text = json.dumps(dict(config), indent=indent)
+    tensors, aliases = weights_state(module, float32=float32)
     fs, root = _fs(path)
     fs.makedirs(root, exist_ok=True)
-    final = f"{root}/{WEIGHTS_NAME}"
-    local = _is_local(fs)
-    with tempfile.TemporaryDirectory(prefix="madis-save-") as tmp:
-        staged = final if local and not float32 else os.path.join(tmp, WEIGHTS_NAME)
-        save_model(module, staged)
-        if float32:
-            cast = final if local else os.path.join(tmp, "float32.safetensors")
-            _cast_float32(staged, cast)
-            staged = cast
-        if not local:
-            fs.put_file(staged, final)
+    if _is_local(fs):
+        save_file(tensors, f"{root}/{WEIGHTS_NAME}", metadata=aliases or None)
+    else:
+        fs.pipe_file(f"{root}/{WEIGHTS_NAME}", save(tensors, metadata=aliases or None))
     with fs.open(f"{root}/{CONFIG_NAME}", "w") as f:
         f.write(text)
-
-
-def _cast_float32(src: str, dst: str) -> None:
-    """Copy safetensors file ``src`` to ``dst`` with every floating tensor as float32."""
-    with safe_open(src, "pt") as f:
-        meta = f.metadata()
-    state = {k: v.float() if v.is_floating_point() else v.clone()
-             for k, v in load_file(src).items()}
-    save_file(state, dst, metadata=meta)
 
 
 def read_config(path: str | os.PathLike, expect: Mapping[str, Any], what: str) -> dict[str, Any]:
@@ -109,7 +119,8 @@ def read_config(path: str | os.PathLike, expect: Mapping[str, Any], what: str) -
 
 def load_weights(path: str | os.PathLike, module: nn.Module, *, strict: bool = True
                  ) -> tuple[list[str], list[str]]:
-    """Load ``{path}/model.safetensors`` into ``module`` (tensors land on the module's devices).
+    """Load ``{path}/model.safetensors`` into ``module`` (tensors land on the module's devices);
+    names stored once for several (tied weights, see :func:`weights_state`) fill all of them.
 
     Returns:
         ``(missing, unexpected)`` parameter names (both empty when ``strict``).
@@ -118,14 +129,25 @@ def load_weights(path: str | os.PathLike, module: nn.Module, *, strict: bool = T
         RuntimeError: ``strict`` and the names or shapes differ.
     """
     fs, root = _fs(path)
-    remote = f"{root}/{WEIGHTS_NAME}"
-    if not fs.exists(remote):
+    file = f"{root}/{WEIGHTS_NAME}"
+    if not fs.exists(file):
         raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}")
     if _is_local(fs):
-        missing, unexpected = load_model(module, remote, strict=strict)
+        state = load_file(file)
+        with safe_open(file, "pt") as f:
+            aliases = f.metadata() or {}
     else:
-        with tempfile.TemporaryDirectory(prefix="madis-load-") as tmp:
-            local = os.path.join(tmp, WEIGHTS_NAME)
-            fs.get_file(remote, local)
-            missing, unexpected = load_model(module, local, strict=strict)
+        raw = fs.cat_file(file)
+        state = load(raw)
+        aliases = _metadata(raw)
+    for name, kept in aliases.items():
+        if name not in state and kept in state:
+            state[name] = state[kept]
+    missing, unexpected = module.load_state_dict(state, strict=strict)
     return sorted(missing), sorted(unexpected)
+
+
+def _metadata(raw: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory (its JSON header)."""
+    size = int.from_bytes(raw[:8], "little")
+    return dict(json.loads(raw[8:8 + size]).get("__metadata__") or {})
