@@ -24,20 +24,17 @@ from madis.data.config import DataConfig
 from madis.mdlm.task import MDLMTask, model_config, export_dir
 from madis.train import fit, latest_checkpoint, read_metadata, run_url
 from madis.train.checkpoints import write_report
-from madis.train.jobargs import add_job_arguments, job_train_config
+from madis.train.jobargs import job_parser, job_train_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="sections used: data, model, model_finetune, train, train_finetune "
-                                       "(and train_pretrain, train_tokenizer for the defaults)")
+    p = job_parser(__doc__, "data, model, model_finetune, train, train_finetune "
+                            "(and train_pretrain, train_tokenizer for the defaults)")
     p.add_argument("--shards", default=None, metavar="URL",
                    help="token shard root of the dataset (default: the tokenizer job's tokens)")
     p.add_argument("--init", default=None, metavar="URL",
                    help="pretraining checkpoint or export to start from; 'none' = from scratch "
                         "(default: newest complete checkpoint of the pretraining run)")
-    add_job_arguments(p)
     return p.parse_args(argv)
 
 

@@ -24,17 +24,14 @@ from madis.data.config import DataConfig
 from madis.mdlm.task import MDLMTask, model_config
 from madis.train import fit, run_url
 from madis.train.checkpoints import write_report
-from madis.train.jobargs import add_job_arguments, job_train_config
+from madis.train.jobargs import job_parser, job_train_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="sections used: data, model, model_pretrain, train, train_pretrain")
+    p = job_parser(__doc__, "data, model, model_pretrain, train, train_pretrain")
     p.add_argument("--shards", action="append", default=None, metavar="URL",
                    help="a token shard root, dir or s3://...; repeat it for each dataset "
                         "(default: the tokenizer job's tokens)")
-    add_job_arguments(p)
     return p.parse_args(argv)
 
 

@@ -2,7 +2,7 @@
 
     scripts/loopback.sh .venv/bin/python ray_jobs/train_siclip.py                  # cpu-tiny
     python ray_jobs/train_siclip.py --config paper --shards s3://corpus/shards \\
-        train.storage_path=s3://runs train_siclip.steps=20000
+        --storage s3://runs --workers 8 --steps 20000
 
 Set up: the shard manifest gives the motion format and z-score statistics. Train: the shared loop
 (``madis.train.fit``) with ``SiCLIPTask``; a re-submitted job resumes its run. Save: the final
@@ -14,9 +14,7 @@ batches of 45) and the chance level are printed and stored as ``report.json`` in
 from __future__ import annotations
 
 import argparse
-import json
 
-import fsspec
 import numpy as np
 
 from madis.config import load_tree, section
@@ -25,18 +23,15 @@ from madis.metrics.evaluation import load_references, siclip_retrieval
 from madis.metrics.retrieval import chance_recall_at_k
 from madis.metrics.siclip import SiCLIPConfig
 from madis.metrics.siclip_task import SiCLIPTask
-from madis.train import fit, train_config
+from madis.train import fit, write_report
+from madis.train.jobargs import job_parser, job_train_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="sections used: data, siclip, train, train_siclip")
-    p.add_argument("--config", default="cpu-tiny", help="profile name or YAML path")
+    p = job_parser(__doc__, "data, siclip, train, train_siclip")
     p.add_argument("--shards", default=None,
                    help="motion shard root, dir or s3://... (default: data.shards)")
     p.add_argument("--split", default="test", help="split of the final report (default: test)")
-    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.workers=1")
     return p.parse_args(argv)
 
 
@@ -48,7 +43,7 @@ def main(argv=None) -> dict:
     task = SiCLIPTask.from_shards(section(tree, "siclip", SiCLIPConfig), shards,
                                   shuffle_buffer=data.shuffle_buffer)
 
-    result = fit(task, train_config(tree, "siclip"))
+    result = fit(task, job_train_config(tree, "siclip", args))
 
     model = SiCLIPTask.load(result.checkpoint.export_url)
     _, refs = load_references(task.shards, args.split)
@@ -62,10 +57,7 @@ def main(argv=None) -> dict:
         "chance": {f"siclip_s2t_R@{k}": {"value": chance_recall_at_k(same_text, k), "unit": "%"}
                    for k in (1, 5, 10)},
     }
-    text = json.dumps(report, indent=2)
-    with fsspec.open(f"{result.run_url}/report.json", "w") as f:
-        f.write(text)
-    print(text)
+    print(write_report(result.run_url, report))
     return report
 
 

@@ -2,7 +2,7 @@
 
     scripts/loopback.sh .venv/bin/python ray_jobs/train_tokenizer.py                # cpu-tiny
     python ray_jobs/train_tokenizer.py --config paper --shards s3://corpus/shards \\
-        train.storage_path=s3://runs train_tokenizer.steps=20000
+        --storage s3://runs --workers 8 --zero-stage 2 --steps 20000
 
 Set up: the shard manifest gives the motion format and z-score statistics. Train: the shared
 loop (``madis.train.fit``) with ``TokenizerTask``; a re-submitted job resumes its run. Save: the
@@ -20,19 +20,16 @@ from madis.tokenizer import TokenizerConfig
 from madis.tokenizer.evaluate import evaluate_tokenizer
 from madis.tokenizer.task import TokenizerTask
 from madis.tokenizer.token_shards import write_token_shards
-from madis.train import fit, train_config, write_report
+from madis.train import fit, write_report
+from madis.train.jobargs import job_parser, job_train_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="sections used: data, tokenizer, train, train_tokenizer")
-    p.add_argument("--config", default="cpu-tiny", help="profile name or YAML path")
+    p = job_parser(__doc__, "data, tokenizer, train, train_tokenizer")
     p.add_argument("--shards", default=None,
                    help="motion shard root, dir or s3://... (default: data.shards)")
     p.add_argument("--tokens", default=None,
                    help="token shard output (default: {storage_path}/{run_name}/tokens)")
-    p.add_argument("overrides", nargs="*", help="section.field=value, e.g. train.workers=1")
     return p.parse_args(argv)
 
 
@@ -42,7 +39,7 @@ def main(argv=None) -> dict:
     data = section(tree, "data", DataConfig)
     shards = args.shards or data.shards
     tok_cfg = section(tree, "tokenizer", TokenizerConfig)
-    train_cfg = train_config(tree, "tokenizer")
+    train_cfg = job_train_config(tree, "tokenizer", args)
     task = TokenizerTask.from_shards(tok_cfg, shards, shuffle_buffer=data.shuffle_buffer)
 
     result = fit(task, train_cfg)

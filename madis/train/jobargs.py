@@ -20,6 +20,21 @@ from madis.train.config import TrainConfig, train_config
 RAY_WORKING_DIR = "/runtime_resources/working_dir_files/"
 
 
+def job_parser(doc: str, sections: str) -> argparse.ArgumentParser:
+    """The argument parser of a training job, with the options of :func:`add_job_arguments`.
+
+    Args:
+        doc: the job module's docstring; its first line is the description.
+        sections: the config sections the job reads, shown as the epilog.
+    The job adds its own options (``--shards``...) to the parser returned.
+    """
+    p = argparse.ArgumentParser(description=doc.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"sections used: {sections}")
+    add_job_arguments(p)
+    return p
+
+
 def add_job_arguments(p: argparse.ArgumentParser) -> None:
     """``--config``, ``--storage``, ``--workers``, ``--gpus-per-worker``, ``--zero-stage``,
     ``--steps``, ``--run-name`` and the positional ``section.field=value`` overrides."""
