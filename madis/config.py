@@ -76,6 +76,27 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def check_bounds(obj: Any, section_name: str, *, at_least_one: Sequence[str] = (),
+                 non_negative: Sequence[str] = (), positive: Sequence[str] = ()) -> None:
+    """Range checks of a section dataclass's numeric fields (call it in ``__post_init__``).
+
+    Args:
+        obj: the dataclass instance; section_name: its section, for the message.
+        at_least_one, non_negative, positive: field names that must be ``>= 1``, ``>= 0`` and
+            ``> 0``.
+    Raises:
+        ConfigError: naming the first field out of range, e.g. ``train.workers must be >= 1,
+            got 0``.
+    """
+    for names, bad, rule in ((at_least_one, lambda v: v < 1, ">= 1"),
+                             (non_negative, lambda v: v < 0, ">= 0"),
+                             (positive, lambda v: v <= 0, "> 0")):
+        for name in names:
+            value = getattr(obj, name)
+            if bad(value):
+                raise ConfigError(f"{section_name}.{name} must be {rule}, got {value}")
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError`."""
     data = dict(data or {})

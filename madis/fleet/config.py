@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from madis.config import ConfigError
+from madis.config import ConfigError, check_bounds
 
 SAMPLERS = ("utc", "vanilla")
 MODES = ("max", "min")
@@ -96,17 +96,14 @@ class FleetConfig:
         if not self.samplers or bad or len(set(self.samplers)) != len(self.samplers):
             raise ConfigError(f"fleet.samplers must be distinct names among {SAMPLERS}, "
                               f"got {self.samplers}")
-        for name in ("actors", "batch_size", "storage_attempts", "max_actor_failures"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"fleet.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_steps", "val_samples", "render_samples", "until_step", "seed",
-                     "idle_timeout_s", "cpus_per_actor", "gpus_per_actor", "storage_backoff_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"fleet.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("poll_interval_s", "batch_timeout_s", "render_frames",
-                     "render_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"fleet.{name} must be > 0, got {getattr(self, name)}")
+        check_bounds(self, "fleet",
+                     at_least_one=("actors", "batch_size", "storage_attempts",
+                                   "max_actor_failures"),
+                     non_negative=("num_steps", "val_samples", "render_samples", "until_step",
+                                   "seed", "idle_timeout_s", "cpus_per_actor", "gpus_per_actor",
+                                   "storage_backoff_s"),
+                     positive=("poll_interval_s", "batch_timeout_s", "render_frames",
+                               "render_size"))
         if not self.metric:
             raise ConfigError("fleet.metric must name a metric, e.g. siclip_s2t_R@1")
         prefix = self.metric.split("/", 1)[0] if "/" in self.metric else None

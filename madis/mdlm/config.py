@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from madis.config import ConfigError
+from madis.config import ConfigError, check_bounds
 
 EMBEDDINGS = ("dense", "simple_avg", "sparse_top1", "sparse_top2")
 SAMPLERS = ("utc", "vanilla")
@@ -120,16 +120,15 @@ class ModelConfig:
             raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.text_tokenizer not in ("auto", "bytes"):
             raise ConfigError(f"model.text_tokenizer must be auto or bytes, got {self.text_tokenizer!r}")
-        for name in ("num_positions", "num_steps", "max_text_tokens", "hidden_size", "num_layers",
-                     "num_heads", "num_kv_heads", "head_dim", "intermediate_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, "model",
+                     at_least_one=("num_positions", "num_steps", "max_text_tokens", "hidden_size",
+                                   "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                                   "intermediate_size"),
+                     non_negative=("temperature",))
         if self.num_heads % self.num_kv_heads:
             raise ConfigError("model.num_heads must be a multiple of model.num_kv_heads")
         if not 0.0 < self.mask_eps < 1.0:
             raise ConfigError(f"model.mask_eps must be in (0, 1), got {self.mask_eps}")
-        if self.temperature < 0:
-            raise ConfigError(f"model.temperature must be >= 0, got {self.temperature}")
         try:
             self.utc_checkpoints = [float(c) for c in self.utc_checkpoints]
             utc_strides(self.utc_checkpoints)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from madis.config import ConfigError, from_dict, to_dict
+from madis.config import ConfigError, check_bounds, from_dict, to_dict
 from madis.metrics.contrastive import masked_softmax, symmetric_cross_entropy, token_wise_similarity
 from madis.motion import PARTS, get_format
 from madis.utils.pretrained import load_weights, read_config, save_pretrained
@@ -81,10 +81,9 @@ class SiCLIPConfig:
     retrieval_batch_size: int = 45
 
     def __post_init__(self) -> None:
-        for name in ("width", "embed_dim", "num_heads", "max_text_bytes", "max_positions",
-                     "retrieval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"siclip.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, "siclip",
+                     at_least_one=("width", "embed_dim", "num_heads", "max_text_bytes",
+                                   "max_positions", "retrieval_batch_size"))
         if self.width % self.num_heads:
             raise ConfigError(f"siclip.width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.motion_layers < 0 or self.text_layers < 0 or self.fine_grained_weight < 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from madis.config import ConfigError
+from madis.config import ConfigError, check_bounds
 
 
 @dataclass
@@ -80,10 +80,13 @@ class ServeConfig:
     gif_size: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_replicas", "max_ongoing_requests", "max_batch_size", "max_body_bytes",
-                     "max_text_chars", "max_num_steps", "torch_threads", "gif_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"serve.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, "serve",
+                     at_least_one=("max_replicas", "max_ongoing_requests", "max_batch_size",
+                                   "max_body_bytes", "max_text_chars", "max_num_steps",
+                                   "torch_threads", "gif_size"),
+                     non_negative=("batch_wait_s", "upscale_delay_s", "downscale_delay_s",
+                                   "replica_cpus", "replica_gpus"),
+                     positive=("poll_s", "target_ongoing_requests"))
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"serve.min_replicas must be in [0, max_replicas = "
                               f"{self.max_replicas}], got {self.min_replicas}")
@@ -91,13 +94,6 @@ class ServeConfig:
             raise ConfigError(f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be "
                               f">= serve.max_batch_size ({self.max_batch_size}): a replica could "
                               f"never fill a batch")
-        for name in ("poll_s", "target_ongoing_requests"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"serve.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("batch_wait_s", "upscale_delay_s", "downscale_delay_s", "replica_cpus",
-                     "replica_gpus"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"serve.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port must be in 1..65535, got {self.port}")
         if not self.route_prefix.startswith("/"):

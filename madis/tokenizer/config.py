@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from madis.config import ConfigError
+from madis.config import ConfigError, check_bounds
 
 #: Temporal down-sampling of every part encoder: two stride-2 blocks, so one token per 4 frames.
 FRAMES_PER_TOKEN = 4
@@ -40,9 +40,8 @@ class TokenizerConfig:
     dead_code_threshold: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("width", "code_dim", "depth", "dilation_growth_rate"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"tokenizer.{name} must be >= 1, got {getattr(self, name)}")
+        check_bounds(self, "tokenizer",
+                     at_least_one=("width", "code_dim", "depth", "dilation_growth_rate"))
         self.codebook_sizes = tuple(int(k) for k in self.codebook_sizes)  # type: ignore[assignment]
         if len(self.codebook_sizes) != 3 or min(self.codebook_sizes) < 2:
             raise ConfigError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from madis.config import ConfigError, job_section
+from madis.config import ConfigError, check_bounds, job_section
 
 
 @dataclass
@@ -71,17 +71,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
-        for name in ("workers", "cpus_per_worker", "batch_size", "log_every", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "epochs", "warmup_steps", "checkpoint_every", "keep_checkpoints",
-                     "max_failures"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        check_bounds(self, "train",
+                     at_least_one=("workers", "cpus_per_worker", "batch_size", "log_every",
+                                   "max_bad_steps"),
+                     non_negative=("steps", "epochs", "warmup_steps", "checkpoint_every",
+                                   "keep_checkpoints", "max_failures"),
+                     positive=("lr",))
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
-        if self.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {self.lr}")
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"train.run_name must be a non-empty name without '/', "
                               f"got {self.run_name!r}")
