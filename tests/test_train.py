@@ -46,6 +46,55 @@ def test_readers_ignore_checkpoints_without_marker(tmp_path):
     assert list_checkpoints(str(tmp_path / "absent")) == []
 
 
+def _fake_run(fs, root, steps, incomplete=()):
+    """Checkpoint directories with an export file; COMPLETE except for ``incomplete``."""
+    for step in steps:
+        d = f"{root}/checkpoint_{step:08d}"
+        fs.makedirs(f"{d}/export", exist_ok=True)
+        fs.pipe_file(f"{d}/export/model.safetensors", b"weights")
+        if step not in incomplete:
+            fs.pipe_file(f"{d}/{COMPLETE}", json.dumps({"step": step, "epoch": 0}).encode())
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_retention_keeps_the_newest_and_the_best_checkpoint(where, tmp_path, request):
+    import fsspec
+
+    from madis.fleet.registry import history_entry, record
+    from madis.train.checkpoints import PRUNED, prune_checkpoints
+
+    run = str(tmp_path / "run") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/run"
+    fs, root = fsspec.core.url_to_fs(run)
+    _fake_run(fs, root, [1, 2, 3, 4, 5, 6], incomplete=(6,))
+    record(run, history_entry(1, f"{run}/checkpoint_00000001", metrics={"r1": 9.0}), "r1", "max")
+    record(run, history_entry(4, f"{run}/checkpoint_00000004", metrics={"r1": 3.0}), "r1", "max")
+    assert [c.step for c in prune_checkpoints(run, 2)] == [2, 3]
+    assert [c.step for c in list_checkpoints(run)] == [1, 4, 5]  # best (1) + newest two
+    fs.invalidate_cache()
+    for step in (2, 3):  # only the marker is left, so Ray's run snapshot still resolves
+        left = fs.ls(f"{root}/checkpoint_{step:08d}", detail=False)
+        assert [p.rsplit("/", 1)[-1] for p in left] == [PRUNED]
+    assert fs.exists(f"{root}/checkpoint_00000006/export/model.safetensors")  # incomplete: left
+    assert fs.exists(f"{root}/checkpoint_00000001/export/model.safetensors")
+    assert prune_checkpoints(run, 2) == [] and prune_checkpoints(run, 0) == []
+
+
+def test_retention_waits_when_best_json_is_unreadable_and_prunes_without_one(tmp_path):
+    from madis.train.checkpoints import prune_checkpoints
+
+    import fsspec
+
+    run = tmp_path / "run"
+    fs = fsspec.filesystem("file")
+    _fake_run(fs, str(run), [1, 2, 3])
+    (run / "best.json").write_text("{broken")
+    assert prune_checkpoints(str(run), 1) == []
+    assert [c.step for c in list_checkpoints(str(run))] == [1, 2, 3]
+    (run / "best.json").unlink()  # no fleet ran: plain newest-k
+    assert [c.step for c in prune_checkpoints(str(run), 1)] == [1, 2]
+    assert [c.step for c in list_checkpoints(str(run))] == [3]
+
+
 def test_resuming_with_another_worker_count_is_refused_before_starting(tmp_path):
     from madis.train import fit
 
@@ -135,6 +184,30 @@ def test_worker_failure_resumes_to_planned_step_and_data_position(ray_local, tmp
     # a re-submitted job that already reached its steps returns the same checkpoint at once
     again = fit(task, cfg)
     assert again.checkpoint.url == result.checkpoint.url
+
+
+@pytest.mark.ray
+def test_keep_checkpoints_spares_the_best_and_the_run_still_resumes(ray_local, tmp_path):
+    from madis.fleet.registry import history_entry, record
+    from madis.train import fit
+
+    cfg = _cfg(tmp_path, "keep", workers=1, zero_stage=0, steps=8, checkpoint_every=2,
+               keep_checkpoints=2)
+    run = str(tmp_path / "storage" / "keep")
+    # the fleet ranked step 2 best (it will be written at step 2 and outlive the retention)
+    record(run, history_entry(2, f"{run}/checkpoint_00000002", metrics={"m": 1.0}), "m", "max")
+    task = RegressionTask()
+    fit(task, cfg)
+    assert [c.step for c in list_checkpoints(run)] == [2, 6, 8]
+    assert os.listdir(os.path.join(run, "checkpoint_00000004")) == ["PRUNED.json"]
+    # Ray's run snapshot lists the pruned checkpoint: a re-submitted job still resumes
+    longer = fit(task, TrainConfig(**{**cfg.__dict__, "steps": 10}))
+    assert longer.checkpoint.step == 10
+    assert [c.step for c in list_checkpoints(run)] == [2, 8, 10]
+    best = list_checkpoints(run)[0]
+    with torch.no_grad():  # the kept best checkpoint is whole: its export reproduces its metric
+        assert task.evaluate(task.load_export(best.export_url), rank=0, world_size=1)["mse"] == \
+            pytest.approx(best.metrics["val_mse"], rel=1e-5)
 
 
 @pytest.mark.ray

@@ -447,9 +447,11 @@ class EvalFleet:
                 per_sampler[sampler], _ = checkpoint_metrics(decoded[sampler], val, self._siclip)
         except ValueError as exn:
             return self._failed(ckpt, f"metrics: {exn}")
+        landed = self._retry(lambda: _mtime(f"{ckpt.url}/{COMPLETE}"), "stat COMPLETE")
+        if landed is None:  # pruned meanwhile: best.json must never name a removed checkpoint
+            return self._failed(ckpt, "its COMPLETE marker is gone")
         dash.add_metrics(ckpt.step, per_sampler)
         self._render(ckpt.step, val, decoded)
-        landed = self._retry(lambda: _mtime(f"{ckpt.url}/{COMPLETE}"), "stat COMPLETE")
         dash.add_scalars(ckpt.step, {"fleet/eval_s": time.time() - t0, "fleet/decode_s": decode_s,
                                      "fleet/lag_s": time.time() - (landed or t0)})
         self._retry(dash.publish, "publish TensorBoard events")

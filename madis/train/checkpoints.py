@@ -11,16 +11,26 @@ A run ``{storage_path}/{run_name}/`` holds one directory per checkpoint::
 
 A reader trusts a checkpoint only when ``COMPLETE`` exists (complete-or-absent): Ray uploads the
 ranks' files one after another, so a directory without it may be half written.
+
+Retention (:func:`prune_checkpoints`, ``train.keep_checkpoints``): the loop keeps the newest
+complete checkpoints and the one the eval fleet's ``best.json`` names; an older one loses its
+``COMPLETE`` marker, then its files, and keeps only ``PRUNED.json``. The directory itself stays
+because Ray's run snapshot lists every checkpoint it was handed and refuses to resume a run whose
+listed checkpoint directories are gone.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+
+log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 EXPORT_DIR = "export"
@@ -29,6 +39,8 @@ TRAIN_STATE = "train_state.json"
 METADATA = "metadata.json"
 #: written in the run directory when the loop stops on non-finite losses (reason, step)
 STOPPED = "STOPPED.json"
+#: all that is left of a checkpoint removed by the retention (step, time, why)
+PRUNED = "PRUNED.json"
 _CKPT_RE = re.compile(r"checkpoint_(\d+)$")
 
 
@@ -113,3 +125,70 @@ def write_report(run_url: str, report: dict[str, Any], name: str = "report.json"
     with fsspec.open(_join(str(run_url), name), "w") as f:
         f.write(text)
     return text
+
+
+def prune_checkpoints(run_url: str, keep: int) -> list[CheckpointInfo]:
+    """Remove the complete checkpoints of a run beyond the newest ``keep``, except the one the
+    run's ``best.json`` names (:func:`madis.fleet.registry.read_best`), so that the eval fleet's
+    best checkpoint, which the Serve application loads, is never deleted.
+
+    A removed checkpoint keeps its directory with only ``PRUNED.json`` in it (see the module
+    doc); incomplete checkpoints are left alone. Nothing is removed when ``best.json`` cannot
+    be read (a storage error, a malformed document): the retention waits for the next
+    checkpoint rather than risk the best one.
+
+    Args:
+        run_url: ``{storage_path}/{run_name}``; keep: checkpoints kept (0 keeps all).
+    Returns:
+        The checkpoints removed, oldest first.
+    Raises:
+        OSError: the storage refused a removal (the checkpoint is then no longer listed as
+            complete, its remaining files stay).
+    """
+    if keep <= 0:
+        return []
+    done = list_checkpoints(run_url)
+    if len(done) <= keep:
+        return []
+    from madis.fleet.registry import read_best
+
+    def best_step() -> int | None:
+        doc = read_best(run_url)
+        best = (doc or {}).get("best") or {}
+        return int(best["step"]) if "step" in best else None
+
+    try:
+        protected = best_step()
+    except (OSError, ValueError) as exn:
+        log.warning("%s: best.json unreadable (%s); no checkpoint pruned this time", run_url, exn)
+        return []
+    fs, root = fsspec.core.url_to_fs(str(run_url))
+    removed = []
+    for ckpt in done[:-keep]:
+        if ckpt.step == protected:
+            continue
+        directory = f"{root.rstrip('/')}/{checkpoint_dir_name(ckpt.step)}"
+        with fs.open(f"{directory}/{PRUNED}", "w") as f:
+            json.dump({"step": ckpt.step, "pruned_at": time.time(),
+                       "reason": f"train.keep_checkpoints = {keep}"}, f)
+        fs.rm(f"{directory}/{COMPLETE}")  # readers (the fleet, Serve) stop trusting it first
+        try:
+            if best_step() == ckpt.step:  # ranked best while we were at it: keep it after all
+                _mark(fs, directory, ckpt)
+                continue
+        except (OSError, ValueError):
+            _mark(fs, directory, ckpt)
+            continue
+        fs.invalidate_cache()
+        for entry in fs.ls(directory, detail=False):
+            if entry.rstrip("/").rsplit("/", 1)[-1] != PRUNED:
+                fs.rm(entry, recursive=True)
+        removed.append(ckpt)
+    return removed
+
+
+def _mark(fs, directory: str, ckpt: CheckpointInfo) -> None:
+    """Put back the ``COMPLETE`` marker of a checkpoint whose pruning was called off."""
+    with fs.open(f"{directory}/{COMPLETE}", "w") as f:
+        json.dump({"step": ckpt.step, "epoch": ckpt.epoch, "metrics": ckpt.metrics}, f)
+    fs.rm(f"{directory}/{PRUNED}")

@@ -20,6 +20,7 @@ checkpoint, and :func:`fit` raises :class:`NonFiniteLossError` naming the last g
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -36,7 +37,7 @@ import torch
 from madis.config import ConfigError, to_dict
 from madis.train.checkpoints import (
     COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, METADATA, STOPPED, TRAIN_STATE, CheckpointInfo,
-    checkpoint_dir_name, latest_checkpoint,
+    checkpoint_dir_name, latest_checkpoint, prune_checkpoints,
 )
 from madis.train.config import TrainConfig
 from madis.train.task import Task, skip, to_device
@@ -190,8 +191,10 @@ def _export_module(engine, cfg: TrainConfig, task: Task, directory: str, rank: i
 
 
 def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict[str, float],
-          rank: int, writer_dir: str | None) -> None:
-    """Write this rank's part of a checkpoint, report it to Ray, then mark it COMPLETE."""
+          rank: int, writer_dir: str | None, run_url: str) -> None:
+    """Write this rank's part of a checkpoint, report it to Ray, mark it COMPLETE, then apply
+    ``keep_checkpoints`` (:func:`~madis.train.checkpoints.prune_checkpoints`: the fleet's best
+    checkpoint is kept)."""
     import ray.train
 
     local = tempfile.mkdtemp(prefix=f"madis-ckpt-r{rank}-")
@@ -217,6 +220,10 @@ def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict
             _mark_complete(persisted, state, metrics)
             if writer_dir:
                 _upload_tensorboard(persisted, writer_dir)
+            try:
+                prune_checkpoints(run_url, cfg.keep_checkpoints)
+            except OSError as exn:  # retention can wait for the next checkpoint; training not
+                logging.getLogger(__name__).warning("old checkpoints kept this time: %s", exn)
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -266,21 +273,23 @@ def _restore(engine, rank: int, world_size: int) -> TrainState | None:
 def train_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train worker function (one per rank): see the module docstring.
 
-    ``loop_config``: ``{"task": Task, "train": TrainConfig, "env": {name: value}}``.
+    ``loop_config``: ``{"task": Task, "train": TrainConfig, "run_url": str,
+    "env": {name: value}}``.
     """
     for k, v in loop_config.get("env", {}).items():
         os.environ.setdefault(k, v)
-    _Worker(loop_config["task"], loop_config["train"]).run()
+    cfg = loop_config["train"]
+    _Worker(loop_config["task"], cfg, loop_config.get("run_url") or run_url(cfg)).run()
 
 
 class _Worker:
     """State of one rank's loop; :meth:`run` is the whole job."""
 
-    def __init__(self, task: Task, cfg: TrainConfig) -> None:
+    def __init__(self, task: Task, cfg: TrainConfig, run_url: str) -> None:
         import deepspeed
         import ray.train
 
-        self.task, self.cfg = task, cfg
+        self.task, self.cfg, self.run_url = task, cfg, run_url
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         if cfg.use_gpu:
@@ -387,7 +396,7 @@ class _Worker:
                         self.writer.add_scalar(f"val/{k}", v, state.step)
                     self.writer.flush()
                 _save(self.engine, cfg, self.task, state, {**self.metrics, **val}, self.rank,
-                      self.writer_dir)
+                      self.writer_dir, self.run_url)
                 self.window_t0 = time.perf_counter()  # samples/s leaves checkpoint time out
         return ""
 
@@ -503,14 +512,15 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
     env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"task": task, "train": cfg, "env": env},
+        train_loop_config={"task": task, "train": cfg, "run_url": url, "env": env},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints or None),
+            # Ray keeps every checkpoint: the loop prunes (keep_checkpoints) around best.json
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             worker_runtime_env={"env_vars": env} if env else None,
         ),
     )
