@@ -34,7 +34,8 @@ class TrainConfig:
         batch_size: samples per worker per step (DeepSpeed ``train_micro_batch_size_per_gpu``).
         grad_clip: global gradient-norm clip (0 disables).
         checkpoint_every: a checkpoint every this many steps (0: only the final one).
-        keep_checkpoints: newest checkpoints kept in storage (0 keeps all).
+        keep_checkpoints: newest complete checkpoints kept in storage (0 keeps all); the one the
+            eval fleet ranked best (best.json) is kept besides them.
         log_every: TensorBoard scalars and progress-bar update every this many steps.
         max_failures: worker-group restarts from the latest checkpoint before the run fails.
         max_bad_steps: consecutive non-finite losses (each batch skipped) that stop the run.
