@@ -134,6 +134,27 @@ def test_task_losses_fall_export_loads_and_generates(token_sets, tmp_path):
                    str(tmp_path / "export"))
 
 
+def test_generator_loads_from_s3_and_leaves_no_copy_behind(token_sets, s3_bucket, tmp_path,
+                                                            monkeypatch):
+    import tempfile
+
+    import fsspec
+
+    task = MDLMTask.from_shards("pretrain", _cfg(), [token_sets["ase"]])
+    module = task.build_model()
+    task.export(module, str(tmp_path / "export"))
+    fs, _ = fsspec.core.url_to_fs(s3_bucket)
+    fs.put(str(tmp_path / "export"), f"{s3_bucket[5:]}/run/export", recursive=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    for _ in range(2):  # Serve reloads: each load's temporary copy is gone afterwards
+        model = load_generator(f"{s3_bucket}/run/export")
+        assert list((tmp_path / "tmp").iterdir()) == []
+    for a, b in zip(model.state_dict().values(), module.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert model.generate(["AB"], ["ase"]).tokens.shape == (1, 16, 3)
+
+
 def test_token_manifests_must_hold_tokens_of_one_tokenizer(token_sets, tmp_path):
     with pytest.raises(ValueError, match="holds no tokens"):
         read_token_manifests([token_sets["motion"]])

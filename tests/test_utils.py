@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,3 +95,30 @@ def test_lazy_exports_load_on_first_use_in_a_fresh_interpreter():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "module 'madis.mdlm' has no attribute 'nothing'"
+
+
+def test_local_copy_of_s3_is_removed_after_the_block_even_on_errors(s3_bucket, tmp_path,
+                                                                     monkeypatch):
+    import fsspec
+
+    from madis.utils.pretrained import local_copy
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    fs, _ = fsspec.core.url_to_fs(s3_bucket)
+    fs.pipe_file(f"{s3_bucket[5:]}/e/config.json", b"{}")
+    fs.pipe_file(f"{s3_bucket[5:]}/e/tokenizer/model.safetensors", b"abc")
+    with local_copy(f"{s3_bucket}/e") as local:
+        assert local.startswith(str(tmp_path / "tmp"))
+        assert (Path(local) / "tokenizer" / "model.safetensors").read_bytes() == b"abc"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with pytest.raises(KeyError):
+        with local_copy(f"{s3_bucket}/e"):
+            raise KeyError("a failed load")
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="no files"):
+        with local_copy(f"{s3_bucket}/absent"):
+            pass
+    assert list((tmp_path / "tmp").iterdir()) == []
+    with local_copy(tmp_path / "tmp") as same:  # local: no copy
+        assert same == str(tmp_path / "tmp")

@@ -8,8 +8,8 @@ coordinator; a test or a script can run the same steps in one process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -188,24 +188,23 @@ class CheckpointDecoder:
         """
         if self._url == export_url:
             return self._model
-        from madis.mdlm.task import load_generator, local_copy
+        from madis.mdlm.task import load_generator
+        from madis.utils.pretrained import local_copy
 
         self._url = self._model = None
-        remote = "://" in export_url and not export_url.startswith("file://")
-        try:
-            local = with_backoff(lambda: local_copy(export_url), f"copy {export_url}",
-                                 attempts=self.attempts, backoff_s=self.backoff_s)
-        except Exception as exn:  # noqa: BLE001 - any failure to fetch is a bad checkpoint here
-            raise CheckpointLoadError(export_url, f"{type(exn).__name__}: {exn}") from None
-        try:
-            model = load_generator(local, map_location=self.device)
-        except Exception as exn:  # noqa: BLE001 - corrupt weights, wrong format, missing tokenizer
-            if is_transient(exn):
-                raise
-            raise CheckpointLoadError(export_url, f"{type(exn).__name__}: {exn}") from None
-        finally:
-            if remote:
-                shutil.rmtree(local, ignore_errors=True)  # the model holds its own tensors
+        with contextlib.ExitStack() as copies:  # a copy of an s3:// export goes after loading
+            try:
+                local = with_backoff(lambda: copies.enter_context(local_copy(export_url)),
+                                     f"copy {export_url}", attempts=self.attempts,
+                                     backoff_s=self.backoff_s)
+            except Exception as exn:  # noqa: BLE001 - any failure to fetch is a bad checkpoint here
+                raise CheckpointLoadError(export_url, f"{type(exn).__name__}: {exn}") from None
+            try:
+                model = load_generator(local, map_location=self.device)
+            except Exception as exn:  # noqa: BLE001 - corrupt weights, wrong format, no tokenizer
+                if is_transient(exn):
+                    raise
+                raise CheckpointLoadError(export_url, f"{type(exn).__name__}: {exn}") from None
         model.eval()
         self._url, self._model = export_url, model
         return model

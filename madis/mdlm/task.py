@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import math
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -31,6 +30,7 @@ from madis.config import ConfigError, job_section, to_dict
 from madis.mdlm.config import ModelConfig
 from madis.mdlm.model import FRAMES_PER_POSITION, STAGES, MaDiSModel
 from madis.train.task import Task
+from madis.utils.pretrained import local_copy
 
 #: ModelConfig fields that fix the architecture: a fine-tuning config must agree with the
 #: pretraining checkpoint on these (the rest -- masking, losses, decoding -- may change).
@@ -55,26 +55,6 @@ class MDLMTrainModule(nn.Module):
 
     def forward(self, batch, generator: torch.Generator | None = None):
         return self.model.loss(batch, self.stage, generator=generator)
-
-
-def local_copy(url: str) -> str:
-    """A local directory holding the files of ``url`` (returned as is when already local).
-
-    Checkpoint exports are small (weights and JSON), unlike shards, so copying one to a
-    temporary directory is how ``from_pretrained`` methods that need a path read ``s3://``.
-    """
-    import fsspec
-
-    if "://" not in url or url.startswith("file://"):
-        return url[len("file://"):] if url.startswith("file://") else url
-    fs, root = fsspec.core.url_to_fs(url)
-    dest = tempfile.mkdtemp(prefix="madis-export-")
-    for path in fs.find(root):
-        rel = path[len(root.rstrip("/")) + 1:]
-        target = Path(dest) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fs.get(path, str(target))
-    return dest
 
 
 def model_config(tree: Mapping[str, Any], job: str | None = None) -> ModelConfig:
@@ -114,14 +94,15 @@ def init_model(cfg: ModelConfig, tokenizer, init_from: str | None) -> MaDiSModel
         return MaDiSModel(cfg, tokenizer)
     import json
 
-    local = local_copy(init_from)
-    saved = json.loads((Path(local) / "config.json").read_text())["model"]
-    wanted = to_dict(cfg)
-    differ = {k: (saved.get(k), wanted[k]) for k in ARCHITECTURE_FIELDS if saved.get(k) != wanted[k]}
-    if differ:
-        raise ConfigError(f"model config differs from the checkpoint at {init_from} in its "
-                          f"architecture (checkpoint, config): {differ}")
-    return MaDiSModel.from_pretrained(local, tokenizer, overrides=wanted)
+    with local_copy(init_from) as local:
+        saved = json.loads((Path(local) / "config.json").read_text())["model"]
+        wanted = to_dict(cfg)
+        differ = {k: (saved.get(k), wanted[k]) for k in ARCHITECTURE_FIELDS
+                  if saved.get(k) != wanted[k]}
+        if differ:
+            raise ConfigError(f"model config differs from the checkpoint at {init_from} in its "
+                              f"architecture (checkpoint, config): {differ}")
+        return MaDiSModel.from_pretrained(local, tokenizer, overrides=wanted)
 
 
 def truncate_sample(sample: dict, num_positions: int) -> dict:
@@ -377,17 +358,17 @@ def load_generator(export_url: str, map_location: str | torch.device = "cpu",
     """
     from madis.mdlm.base import load_pretrained
 
-    local = local_copy(export_url)
-    tok_dir = Path(local) / TOKENIZER_DIR
-    if tok_dir.is_dir():
-        tokenizer = load_tokenizer(str(tok_dir))
-    else:
-        from madis.train.checkpoints import read_metadata
+    with local_copy(export_url) as local:  # a copy of an s3:// export is removed after loading
+        tok_dir = Path(local) / TOKENIZER_DIR
+        if tok_dir.is_dir():
+            tokenizer = load_tokenizer(str(tok_dir))
+        else:
+            from madis.train.checkpoints import read_metadata
 
-        try:
-            url = read_metadata(export_url)["task"]["tokenizer_checkpoint"]
-        except (FileNotFoundError, KeyError):
-            raise FileNotFoundError(f"{export_url}: no tokenizer copy and no tokenizer checkpoint "
-                                    f"in its metadata") from None
-        tokenizer = load_tokenizer(url)
-    return load_pretrained(local, tokenizer, overrides=overrides, map_location=map_location)
+            try:
+                url = read_metadata(export_url)["task"]["tokenizer_checkpoint"]
+            except (FileNotFoundError, KeyError):
+                raise FileNotFoundError(f"{export_url}: no tokenizer copy and no tokenizer "
+                                        f"checkpoint in its metadata") from None
+            tokenizer = load_tokenizer(url)
+        return load_pretrained(local, tokenizer, overrides=overrides, map_location=map_location)

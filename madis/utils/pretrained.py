@@ -14,9 +14,13 @@ files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Mapping
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import fsspec
 import torch
@@ -151,3 +155,34 @@ def _metadata(raw: bytes) -> dict[str, str]:
     """The ``__metadata__`` of a safetensors file held in memory (its JSON header)."""
     size = int.from_bytes(raw[:8], "little")
     return dict(json.loads(raw[8:8 + size]).get("__metadata__") or {})
+
+
+@contextlib.contextmanager
+def local_copy(url: str | os.PathLike) -> Iterator[str]:
+    """A local directory holding the files of ``url``, for loaders that need a path (the Hugging
+    Face text tokenizer of an MDLM export).
+
+    A local path or ``file://`` URL is yielded as is. Anything else (``s3://...``) is copied,
+    subdirectories included, to a temporary directory that is removed when the ``with`` block
+    ends, also on errors, so load everything inside it. Exports are small next to shards.
+
+    Raises:
+        FileNotFoundError: ``url`` holds no file.
+        OSError / StorageError: the copy failed (the partial copy is removed).
+    """
+    fs, root = _fs(url)
+    if _is_local(fs):
+        yield root
+        return
+    dest = tempfile.mkdtemp(prefix="madis-export-")
+    try:
+        files = fs.find(root)
+        if not files:
+            raise FileNotFoundError(f"{url}: no files there")
+        for path in files:
+            target = Path(dest) / path[len(root) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+        yield dest
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
