@@ -16,6 +16,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def job_module(name: str):
+    """``ray_jobs/{name}.py`` loaded as a module (its ``main(argv)`` runs the job in this process,
+    on the ``ray_local`` cluster when one is up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "ray_jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _loopback_only() -> bool:
     # if_nameindex() asks the kernel about this process's network namespace; /sys/class/net
     # still lists the host's interfaces after `unshare -n` because sysfs is not remounted.

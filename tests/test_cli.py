@@ -4,14 +4,13 @@ process) and the training jobs in ``ray_jobs/`` share one set of job options."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 import pytest
 
 from madis.cli import COMMAND_GROUPS, build_parser, main
 from madis.config import load_tree
 from madis.train.jobargs import job_train_config
-from tests.conftest import REPO
+from tests.conftest import job_module
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
@@ -47,12 +46,6 @@ def test_every_subcommand_answers_help(path, capsys):
     assert "options:" in out
 
 
-def _job(name: str):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "ray_jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 TRAINING_JOBS = {"train_tokenizer": "tokenizer", "train_siclip": "siclip",
                  "pretrain": "pretrain", "finetune": "finetune"}
@@ -60,7 +53,7 @@ TRAINING_JOBS = {"train_tokenizer": "tokenizer", "train_siclip": "siclip",
 
 @pytest.mark.parametrize("name", sorted(TRAINING_JOBS))
 def test_training_jobs_share_the_job_options(name, tmp_path, capsys):
-    job = _job(name)
+    job = job_module(name)
     with pytest.raises(SystemExit) as done:
         job.parse_args(["--help"])
     assert done.value.code == 0
@@ -75,13 +68,14 @@ def test_training_jobs_share_the_job_options(name, tmp_path, capsys):
 
 def test_motion_jobs_keep_their_own_flags_and_the_override_only_calls():
     # how tests/test_embedded_chain.py and benchmarks/compare_quality.py call them
-    tok = _job("train_tokenizer").parse_args(
+    tok = job_module("train_tokenizer").parse_args(
         ["--shards", "s3://sample/shards", "--tokens", "s3://sample/tokens",
          "train_tokenizer.steps=20", "train.storage_path=/runs"])
     assert (tok.shards, tok.tokens, tok.config) == ("s3://sample/shards", "s3://sample/tokens",
                                                     "cpu-tiny")
     cfg = job_train_config(load_tree(tok.config, tok.overrides), "tokenizer", tok)
     assert (cfg.steps, cfg.storage_path) == (20, "/runs")
-    sic = _job("train_siclip").parse_args(["--shards", "/s", "--split", "val", "siclip.width=16"])
+    sic = job_module("train_siclip").parse_args(["--shards", "/s", "--split", "val",
+                                                 "siclip.width=16"])
     assert (sic.shards, sic.split, sic.overrides, sic.storage) == ("/s", "val", ["siclip.width=16"],
                                                                    None)

@@ -5,7 +5,6 @@ a fleet actor killed mid-evaluation), with its TensorBoard events read back."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import threading
@@ -28,7 +27,7 @@ from madis.fleet.testing import mark_complete, write_checkpoint
 from madis.mdlm.task import MDLMTask, model_config
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.tokenizer.token_shards import write_token_shards
-from tests.conftest import REPO
+from tests.conftest import job_module
 from tests.mdlm_fixtures import one_thread  # noqa: F401
 
 TINY_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1",
@@ -365,12 +364,6 @@ def test_fleet_on_s3_evaluates_each_checkpoint_once_survives_corrupt_and_killed_
     assert set(gates) <= {2, 4, 6, 8} and (6 in gates) == (not decoded[first].empty)
 
 
-def _job(name):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "ray_jobs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.mark.ray
 def test_eval_fleet_job_stops_when_the_run_ends_and_shares_the_step_axis(
@@ -386,7 +379,7 @@ def test_eval_fleet_job_stops_when_the_run_ends_and_shares_the_step_axis(
     train_tb.close()
     write_checkpoint(str(run), 2, tiny_run_parts["exports"][1], task=tiny_run_parts["task"])
     write_report(str(run), {"step": 2})  # the training job has ended after checkpoint 2
-    report = _job("eval_fleet").main([
+    report = job_module("eval_fleet").main([
         "--storage", str(tmp_path / "storage"), "--actors", "1", "fleet.metric=dtw_jpe_body",
         "fleet.mode=min", "fleet.siclip=", "fleet.cpus_per_actor=1", "fleet.poll_interval_s=0.2",
         "fleet.render_samples=0", f"fleet.log_dir={tmp_path / 'tb'}", "fleet.batch_size=4"])

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ from madis.mdlm.task import (
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.tokenizer.token_shards import write_token_shards
 from madis.train import list_checkpoints, read_metadata, train_config
-from tests.conftest import REPO
+from tests.conftest import REPO, job_module
 from tests.mdlm_fixtures import one_thread, tiny_tokenizer  # noqa: F401
 
 TOK_CFG = TokenizerConfig(width=16, code_dim=8, codebook_sizes=(8, 16, 16), depth=1)
@@ -248,12 +247,6 @@ def test_generate_cli_prints_tokens_and_writes_motion(token_sets, tmp_path, caps
 
 # --------------------------------------------------------------------------- real Ray
 
-def _job(name):
-    spec = importlib.util.spec_from_file_location(f"job_{name}", REPO / "ray_jobs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 def _common(tmp_path, steps):
     return ["--storage", str(tmp_path / "runs"), "--workers", "2", "--zero-stage", "2",
@@ -265,7 +258,7 @@ def _common(tmp_path, steps):
 
 
 def _pretrain(tmp_path, token_sets):
-    pre = _job("pretrain").main(["--shards", token_sets["ase"], "--shards", token_sets["gsg"],
+    pre = job_module("pretrain").main(["--shards", token_sets["ase"], "--shards", token_sets["gsg"],
                                  *_common(tmp_path, 4)])
     run = tmp_path / "runs" / "pretrain"
     assert [c.step for c in list_checkpoints(str(run))] == [2, 4] and pre["step"] == 4
@@ -292,7 +285,7 @@ def test_finetune_job_starts_from_newest_pretraining_and_resumes_when_resubmitte
     pre = _pretrain(tmp_path, token_sets)
 
     # fine-tuning finds the newest complete pretraining checkpoint by itself
-    fine = _job("finetune").main(["--shards", token_sets["ase"], *_common(tmp_path, 2)])
+    fine = job_module("finetune").main(["--shards", token_sets["ase"], *_common(tmp_path, 2)])
     fmeta = read_metadata(fine["export"])
     assert fmeta["task"]["init_from"] == pre["export"] and fmeta["task"]["stage"] == "finetune"
     assert fmeta["task"]["tokenizer_checkpoint"] == token_sets["tokenizer"]
@@ -300,7 +293,7 @@ def test_finetune_job_starts_from_newest_pretraining_and_resumes_when_resubmitte
     # a re-submitted job with a longer budget resumes from its newest checkpoint (step 2)
     first = list_checkpoints(str(tmp_path / "runs" / "finetune"))
     written = read_metadata(first[-1].export_url)["time"]
-    again = _job("finetune").main(["--shards", token_sets["ase"], *_common(tmp_path, 4)])
+    again = job_module("finetune").main(["--shards", token_sets["ase"], *_common(tmp_path, 4)])
     done = list_checkpoints(str(tmp_path / "runs" / "finetune"))
     assert [c.step for c in done] == [2, 4]
     assert read_metadata(done[0].export_url)["time"] == written  # step 2 was not redone

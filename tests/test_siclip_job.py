@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from madis.data.shards import Sample, write_shards
 from madis.metrics.siclip import SiCLIPConfig
 from madis.metrics.siclip_task import SiCLIPTask
-from tests.conftest import REPO
+from tests.conftest import job_module
 
 TINY = SiCLIPConfig(width=16, embed_dim=16, num_heads=2, motion_layers=1, text_layers=1,
                     max_text_bytes=16, max_positions=16, dropout=0.0)
@@ -57,10 +56,7 @@ def test_task_trains_evaluates_and_exports_without_ray(shards, tmp_path):
 
 @pytest.mark.ray
 def test_job_trains_and_reports_test_retrieval(ray_local, shards, tmp_path):
-    spec = importlib.util.spec_from_file_location("train_siclip", REPO / "ray_jobs" / "train_siclip.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    report = job.main([
+    report = job_module("train_siclip").main([
         "--shards", str(shards), "siclip.width=16", "siclip.embed_dim=16", "siclip.num_heads=2",
         "siclip.motion_layers=1", "siclip.text_layers=1", f"train.storage_path={tmp_path}/runs",
         f"train.log_dir={tmp_path}/tb", "train.workers=1", "train.progress=false",
