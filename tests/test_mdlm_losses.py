@@ -115,3 +115,61 @@ def test_sign_targets_eos_and_pad(parts):
     oob[0, 0, 1] = 99
     with pytest.raises(ValueError, match="outside"):
         model.sign_targets(oob, batch["token_mask"])
+
+
+def _padded_physical(tok, batch, phi, rows, masked_real, n):
+    """Eq. 5 the plain way: every row decoded over all 4N frames of the padded batch."""
+    num_pos = masked_real.shape[1]
+    real = torch.arange(num_pos)[None, :] < n[:, None]
+    lat = [torch.where(masked_real[..., None], z, torch.where(real[..., None], r, torch.zeros_like(r)))
+           for z, r in zip(phi, rows)]
+    recon = tok.decode_latents(lat, normalized=True, token_mask=real)
+    pad = 4 * num_pos - batch["motion"].shape[1]
+    motion = torch.nn.functional.pad(batch["motion"], (0, 0, 0, pad))
+    frame_ok = torch.nn.functional.pad(batch["mask"], (0, pad))
+    frames = masked_real.repeat_interleave(4, 1) & frame_ok
+    return physical_loss(recon, tok.normalize(motion), frames, tok.format.part_index)
+
+
+def test_packed_physical_loss_equals_decoding_the_padded_batch(parts):
+    """The physical loss decodes only real positions (rows packed with zero gaps); its value
+    and its gradients equal decoding all 4N frames of every row."""
+    tok, model = parts
+    batch = tiny_batch(tok, lengths=(12, 7, 3, 0, 1), width=12)
+    targets, n = model.sign_targets(batch["tokens"], batch["token_mask"])
+    rows = model._code_rows(targets)
+    g = torch.Generator().manual_seed(3)
+    real = torch.arange(12)[None, :] < n[:, None]
+    masked_real = (torch.rand(real.shape, generator=g) < 0.6) & real
+    phi = [torch.randn(*real.shape, d, generator=g, requires_grad=True) for d in tok.code_dims]
+    packed = model._physical(batch, phi, rows, masked_real, n)
+    grads = torch.autograd.grad(packed, phi)
+    ref = _padded_physical(tok, batch, phi, rows, masked_real, n)
+    ref_grads = torch.autograd.grad(ref, phi)
+    assert ref.item() > 0.01
+    assert packed.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    # the motion shorter than 4 x the longest row (the reader pads to the batch's clips)
+    short = dict(batch, motion=batch["motion"][:, :44], mask=batch["mask"][:, :44])
+    assert model._physical(short, phi, rows, masked_real, n).item() == \
+        pytest.approx(_padded_physical(tok, short, phi, rows, masked_real, n).item(), rel=1e-5)
+
+
+def test_pack_rows_gap_keeps_rows_apart_in_the_decoder(parts):
+    """With the decoder's reach as the gap, a packed row decodes exactly as alone; without a
+    gap its frames near the ends take in the neighbouring rows."""
+    from madis.mdlm.model import decoder_reach, pack_rows
+
+    tok, _ = parts
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 6, tok.code_dims[1], generator=g)
+    n = torch.tensor([6, 6])
+    alone = tok.parts["lhand"].decode_latents(z[:1])[0]
+    reach = decoder_reach(tok)
+    assert reach == 3  # growth 3, depth 2
+    for gap, same in ((reach, True), (0, False)):
+        packed = pack_rows(z, n, gap)
+        out = tok.parts["lhand"].decode_latents(packed, pack_rows(torch.ones(2, 6, dtype=torch.bool), n, gap))
+        assert packed.shape[1] == 12 + 2 * gap
+        assert torch.allclose(out[0, :24], alone, atol=1e-6) is same
