@@ -82,6 +82,12 @@ def token_accuracy_of(predictions: dict, references: dict) -> float:
     return 100.0 * hits / max(total, 1)
 
 
+def length_bias(predictions: dict, references: dict) -> float:
+    """Mean generated minus reference length in sign positions (negative: too short)."""
+    return float(np.mean([len(predictions[k].tokens) - len(r.tokens)
+                          for k, r in references.items()]))
+
+
 @torch.no_grad()
 def model_predictions(model, references: dict, batch_size: int = 64) -> tuple[dict, int]:
     """Generate every reference text with ``model`` (its own decoding defaults) and decode the
@@ -168,12 +174,39 @@ def _job(name: str):
     return mod
 
 
+def pretrain_tokens(token_url: str, out: str, per_language: int, local_dir: str) -> str:
+    """Build the pretraining corpus (:func:`madis.data.sample.build_pretrain_corpus`) in
+    ``local_dir``, upload it next to ``out`` and tokenize it with the tokenizer that wrote
+    ``token_url`` (its manifest's ``tokenizer_export``), so that pretraining can mix both.
+
+    Returns:
+        the token shard root ``out``.
+    """
+    from madis.data import storage as st
+    from madis.data.sample import build_pretrain_corpus
+    from madis.data.shards import read_manifest
+    from madis.mdlm.task import load_tokenizer
+    from madis.tokenizer.token_shards import write_token_shards
+
+    build_pretrain_corpus(local_dir, per_language=per_language)
+    motion_url = f"{out.rstrip('/')}-motion"
+    st.upload_dir(local_dir, motion_url)
+    recorded = read_manifest(token_url)["tokenizer_export"]
+    write_token_shards(load_tokenizer(recorded["url"]), motion_url, out,
+                       extra={"tokenizer_export": recorded})
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="cpu-tiny")
     ap.add_argument("--tokens", help="token shard root to reuse (skips the tokenizer job)")
     ap.add_argument("--storage", help="run storage (default: a fresh temporary directory)")
+    ap.add_argument("--pseudo-words", type=int, default=None, metavar="K",
+                    help="pseudo-words per sign language in the pretraining corpus (default: "
+                         "madis.data.sample.PRETRAIN_WORDS_PER_LANGUAGE; 0: pretrain on the "
+                         "sample alone)")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("overrides", nargs="*", help="config overrides for every job")
     args = ap.parse_args(argv)
@@ -181,7 +214,7 @@ def main(argv=None) -> dict:
     from madis.config import load_tree
     from madis.data import storage as st
     from madis.data.s3server import LocalS3Server
-    from madis.data.sample import build_sample_corpus, is_up_to_date
+    from madis.data.sample import PRETRAIN_WORDS_PER_LANGUAGE, build_sample_corpus, is_up_to_date
     from madis.mdlm.task import load_generator
     from madis.train import train_config
 
@@ -189,11 +222,12 @@ def main(argv=None) -> dict:
     steps = {j: train_config(tree, j).steps for j in ("pretrain", "finetune")}
     if not (steps["pretrain"] and steps["finetune"]):
         raise SystemExit("set train_pretrain.steps and train_finetune.steps (the budget compared)")
+    pseudo = PRETRAIN_WORDS_PER_LANGUAGE if args.pseudo_words is None else args.pseudo_words
     storage = args.storage or tempfile.mkdtemp(prefix="madis-quality-")
     common = ["--config", args.config, "--storage", storage, *args.overrides]
     t0 = time.perf_counter()
     timings = {}
-    with LocalS3Server() as server:
+    with LocalS3Server() as server, tempfile.TemporaryDirectory(prefix="madis-pretrain-") as tmp:
         server.apply_env()
         tokens = args.tokens
         if tokens and not st.is_s3(tokens):  # the jobs stream from object storage
@@ -208,15 +242,22 @@ def main(argv=None) -> dict:
                                           "s3://quality/shards", "--tokens", tokens,
                                           f"train.storage_path={storage}", *args.overrides])
             timings["tokenizer"] = time.perf_counter() - t0
+        pre_shards = ["--shards", tokens]
+        if pseudo:
+            t = time.perf_counter()
+            pre_shards += ["--shards", pretrain_tokens(tokens, "s3://quality/pretrain-tokens",
+                                                       pseudo, tmp)]
+            timings["pretraining corpus (build + tokenize)"] = time.perf_counter() - t
         t = time.perf_counter()
-        pre = _job("pretrain").main(["--shards", tokens, "--run-name", "q-pretrain", *common])
+        pre = _job("pretrain").main([*pre_shards, "--run-name", "q-pretrain", *common])
         timings["pretrain"] = time.perf_counter() - t
         t = time.perf_counter()
         fin = _job("finetune").main(["--shards", tokens, "--run-name", "q-finetune",
                                      "--init", pre["checkpoint"], *common])
         timings["finetune"] = time.perf_counter() - t
-        trained = {f"MaDiS: pretrain {steps['pretrain']} + finetune {steps['finetune']} steps":
-                   fin}
+        corpus = f"sample + {pseudo}/language pseudo-words" if pseudo else "sample"
+        trained = {f"MaDiS: pretrain {steps['pretrain']} ({corpus}) + finetune "
+                   f"{steps['finetune']} steps": fin}
         for budget in (steps["pretrain"] + steps["finetune"], steps["finetune"]):
             t = time.perf_counter()
             trained[f"no pretraining: finetune {budget} steps"] = _job("finetune").main(
@@ -225,21 +266,27 @@ def main(argv=None) -> dict:
             timings[f"no-pretraining finetune {budget}"] = time.perf_counter() - t
 
         refs, rows_pred, fmt = baseline_rows(tokens)
-        rows, empties = {}, {}
+        rows, empties, lengths = {}, {}, {}
         for name, rep in trained.items():
             model = load_generator(rep["export"])
             preds, empties[name] = model_predictions(model, refs)
             rows[name] = score(preds, refs, fmt)
+            lengths[name] = length_bias(preds, refs)
         for name, preds in rows_pred.items():
             rows[name] = score(preds, refs, fmt)
+            lengths[name] = length_bias(preds, refs)
+    timings["total"] = time.perf_counter() - t0
     table = markdown_table(rows)
     print(f"\nsample test split: {len(refs)} clips; config {args.config} {' '.join(args.overrides)}")
     print(table)
     print("empty generations: " + ", ".join(f"{k}: {v}" for k, v in empties.items()))
-    print("job wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    result = {"rows": rows, "empty_generations": empties, "timings_s": timings,
-              "config": args.config, "overrides": args.overrides, "storage": storage,
-              "tokens": tokens, "samples": len(refs)}
+    print("mean length - reference length (positions): "
+          + ", ".join(f"{k}: {v:+.1f}" for k, v in lengths.items()))
+    print("wall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    result = {"rows": rows, "empty_generations": empties, "length_bias": lengths,
+              "timings_s": timings, "config": args.config, "overrides": args.overrides,
+              "pseudo_words_per_language": pseudo, "storage": storage, "tokens": tokens,
+              "samples": len(refs)}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result

@@ -167,3 +167,49 @@ def test_cli_help_on_every_subcommand(capsys):
             main(argv)
         assert e.value.code == 0
         assert "usage: madis" in capsys.readouterr().out
+
+
+def test_pseudo_words_are_new_spellable_and_deterministic():
+    """The pretraining corpus's words: K per language, none a sample word of any split, each
+    text re-splitting to exactly its units, the same draw for the same seed."""
+    from madis.data.sample import pseudo_words
+
+    entries = read_lexicon()
+    words = pseudo_words(entries, per_language=30, units_range=(3, 5), seed=4)
+    assert sorted(words) == sorted({e.lang for e in entries}) and len(words) == N_LANGS
+    sample_words = {(lang, unit_key(w)) for lang, split in WORDS.items()
+                    for ws in split.values() for w in ws}
+    units = {lang: _units(lang) for lang in words}
+    for lang, got in words.items():
+        assert len(got) == 30
+        assert len({unit_key(t) for t, _ in got}) == 30
+        for text, parts in got:
+            assert (lang, unit_key(text)) not in sample_words
+            assert 2 <= len(parts) <= 5
+            assert split_units(text, units[lang]) == parts
+    assert pseudo_words(entries, per_language=30, units_range=(3, 5), seed=4) == words
+    assert pseudo_words(entries, per_language=30, units_range=(3, 5), seed=5) != words
+    with pytest.raises(ValueError, match="units_range"):
+        pseudo_words(entries, units_range=(1, 4))
+    with pytest.raises(ValueError, match="pseudo-words of 2..2 units asked"):
+        pseudo_words(entries, per_language=10**6, units_range=(2, 2))
+
+
+def test_pretrain_corpus_build(tmp_path):
+    """Two pseudo-words per language as real shards: train split only, composed from the
+    lexicon's clips under the length rules, with its own fingerprint (a rebuild is skipped)."""
+    from madis.data.sample import build_pretrain_corpus, pretrain_fingerprint
+
+    build_pretrain_corpus(tmp_path, per_language=2)
+    manifest = read_manifest(tmp_path)
+    assert list(manifest["splits"]) == ["train"]
+    got = list(iter_samples(tmp_path, "train", shuffle=False))
+    assert len(got) == 2 * N_LANGS
+    assert Counter(s["meta"]["lang"] for s in got) == {lang: 2 for lang in WORDS}
+    for s in got:
+        n = s["motion"].shape[0]
+        assert 40 <= n <= 400 and n % 4 == 0
+        assert s["meta"]["pseudo_word"] is True and len(s["meta"]["units"]) >= 2
+    assert is_up_to_date(tmp_path, pretrain_fingerprint(per_language=2))
+    assert not is_up_to_date(tmp_path, pretrain_fingerprint(per_language=3))
+    assert not is_up_to_date(tmp_path)  # not the sample corpus

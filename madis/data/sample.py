@@ -53,6 +53,11 @@ TRAIN_ORDER_SEED = 2024
 SAMPLE_MAX_BYTES = 2 * 2**20
 #: bump when the build changes its output; a build with an equal fingerprint is skipped
 BUILDER_VERSION = 2
+#: Pretraining corpus (:func:`build_pretrain_corpus`): pseudo-words per sign language, their
+#: length range in lexicon units (the sample's real words have 3..10, mostly 4..6), the seed.
+PRETRAIN_WORDS_PER_LANGUAGE = 200
+PRETRAIN_UNITS = (3, 8)
+PRETRAIN_SEED = 11
 
 #: Words per sign language: (train, val, test). Capitals in the language's own alphabet
 #: (no letters the lexicon lacks, e.g. no Greek accents or Portuguese tildes).
@@ -269,14 +274,17 @@ def _fingerprint(entries: Sequence[LexiconEntry], csv_path: Path) -> dict:
     }
 
 
-def is_up_to_date(out_dir: str | Path) -> bool:
+def is_up_to_date(out_dir: str | Path, build: dict | None = None) -> bool:
     """True when ``out_dir`` holds a sample build of this code and package, every shard intact
-    (sha256 as recorded in the manifest)."""
+    (sha256 as recorded in the manifest). ``build``: the fingerprint to expect instead of the
+    sample corpus's (e.g. :func:`pretrain_fingerprint`)."""
     out = Path(out_dir)
     try:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-        d = lexicon_dir()
-        if manifest.get("build") != _fingerprint(read_lexicon(d), d / "data.csv"):
+        if build is None:
+            d = lexicon_dir()
+            build = _fingerprint(read_lexicon(d), d / "data.csv")
+        if manifest.get("build") != build:
             return False
         for split in manifest["splits"].values():
             for name, digest in zip(split["shards"], split["sha256"], strict=True):
@@ -308,9 +316,7 @@ def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) 
     d = lexicon_dir()
     entries = read_lexicon(d)
     plan = check_word_lists(entries)
-    raw = {e: read_pose_points(e.path) for e in entries}
-    mean_hands = corpus_mean_hands(raw.values())
-    clips = {e: process_points(raw[e], mean_hands) for e in entries}
+    clips = lexicon_clips(entries)
     by_unit = {(e.lang, e.text): e for e in entries}
 
     def source(e: LexiconEntry) -> str:
@@ -326,8 +332,7 @@ def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) 
     for lang in sorted(plan):
         for split in ("train", "val", "test"):
             for j, (word, units) in enumerate(zip(WORDS[lang][split], plan[lang][split])):
-                parts = [by_unit[(lang, u)] for u in units]
-                m, v = apply_length_rules(*compose([clips[p] for p in parts]))
+                m, v = apply_length_rules(*compose([clips[by_unit[(lang, u)]] for u in units]))
                 splits[split].append(Sample(
                     key=f"{lang}-word-{split}-{j:02d}", text=word, lang=lang, fps=FPS,
                     source=f"{PACKAGE}:{'/'.join(LEXICON_SUBDIR)} (composed)", motion=m, valid=v,
@@ -336,10 +341,26 @@ def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) 
     for split in splits:
         splits[split].sort(key=lambda s: s.key)
     random.Random(TRAIN_ORDER_SEED).shuffle(splits["train"])
-    version = importlib.metadata.version(PACKAGE)
     provenance = {
         "corpus": "fingerspelling lexicon of spoken-to-signed (ZurichNLP)",
-        "package": f"{PACKAGE}=={version} (PyPI)",
+        **_lexicon_provenance(entries),
+    }
+    return write_shards(out_dir, splits, motion_format="keypoints", fps=FPS, provenance=provenance,
+                        licence=_licence(), max_bytes=max_bytes,
+                        extra={"build": _fingerprint(entries, d / "data.csv")})
+
+
+def lexicon_clips(entries: Sequence[LexiconEntry]) -> dict[LexiconEntry, KeypointClip]:
+    """Every lexicon clip read and processed (:func:`madis.motion.keypoints.process_points`,
+    hands a clip never detects placed with the corpus mean hand shape), before length rules."""
+    raw = {e: read_pose_points(e.path) for e in entries}
+    mean_hands = corpus_mean_hands(raw.values())
+    return {e: process_points(raw[e], mean_hands) for e in entries}
+
+
+def _lexicon_provenance(entries: Sequence[LexiconEntry]) -> dict:
+    return {
+        "package": f"{PACKAGE}=={importlib.metadata.version(PACKAGE)} (PyPI)",
         "path": "spoken_to_signed/" + "/".join(LEXICON_SUBDIR),
         "clips": len(entries),
         "sign_languages": sorted({e.lang for e in entries}),
@@ -350,8 +371,114 @@ def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) 
                       "rules; composed words: madis.data.sample (longest-match units, "
                       f"{BLEND_FRAMES}-frame cross-fade)",
     }
-    licence = {"name": "MIT (the spoken-to-signed package, which ships the lexicon)",
-               "text": _licence_text()}
-    return write_shards(out_dir, splits, motion_format="keypoints", fps=FPS, provenance=provenance,
-                        licence=licence, max_bytes=max_bytes,
-                        extra={"build": _fingerprint(entries, d / "data.csv")})
+
+
+def _licence() -> dict:
+    return {"name": "MIT (the spoken-to-signed package, which ships the lexicon)",
+            "text": _licence_text()}
+
+
+def _capitals(unit: str) -> str:
+    """A unit written as the word lists write it: capitals, except letters whose capital is two
+    letters (``ß`` stays ``ß``, as in ``STRAßE``)."""
+    return "".join(c.upper() if len(c.upper()) == 1 else c for c in unit)
+
+
+def pseudo_words(entries: Sequence[LexiconEntry], per_language: int = PRETRAIN_WORDS_PER_LANGUAGE,
+                 units_range: tuple[int, int] = PRETRAIN_UNITS, seed: int = PRETRAIN_SEED,
+                 words=WORDS) -> dict[str, list[tuple[str, list[str]]]]:
+    """Random pseudo-words per sign language for the pretraining corpus.
+
+    A pseudo-word is ``k ~ U{units_range}`` units of the language drawn uniformly, written in
+    capitals, then split again by longest match (:func:`split_units`) exactly as the sample's
+    words are, so that a text always stands for the same unit sequence (``S``+``C``+``H`` in
+    German becomes the unit ``SCH``). No pseudo-word equals a word of ``words`` (train, val or
+    test, compared by :func:`unit_key`), none repeats, and each has at least two units.
+
+    Returns:
+        ``{lang: [(text, units)]}``, ``per_language`` entries each, deterministic in ``seed``.
+    Raises:
+        ValueError: ``per_language`` more than the language's alphabet can give (the draw would
+            not end) or a bad ``units_range``.
+    """
+    lo, hi = units_range
+    if not 2 <= lo <= hi:
+        raise ValueError(f"units_range must be 2 <= lo <= hi, got {units_range}")
+    units: dict[str, list[str]] = {}
+    for e in entries:
+        units.setdefault(e.lang, []).append(e.text)
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[str, list[str]]]] = {}
+    for lang in sorted(units):
+        taken = {unit_key(w) for split in words.get(lang, {}).values() for w in split}
+        if per_language > len(units[lang]) ** lo // 2:
+            raise ValueError(f"{lang}: {per_language} pseudo-words of {lo}..{hi} units asked from "
+                             f"only {len(units[lang])} units")
+        got: list[tuple[str, list[str]]] = []
+        while len(got) < per_language:
+            text = "".join(_capitals(rng.choice(units[lang])) for _ in range(rng.randint(lo, hi)))
+            parts = split_units(text, units[lang])
+            if unit_key(text) in taken or len(parts) < 2:
+                continue
+            taken.add(unit_key(text))
+            got.append((text, parts))
+        out[lang] = got
+    return out
+
+
+def pretrain_fingerprint(per_language: int = PRETRAIN_WORDS_PER_LANGUAGE,
+                         units_range: tuple[int, int] = PRETRAIN_UNITS,
+                         seed: int = PRETRAIN_SEED) -> dict:
+    """The ``build`` entry of a pretraining corpus manifest (see :func:`is_up_to_date`)."""
+    d = lexicon_dir()
+    return {**_fingerprint(read_lexicon(d), d / "data.csv"), "corpus": "pretrain-pseudo-words",
+            "words_per_language": per_language, "units_range": list(units_range), "seed": seed}
+
+
+def build_pretrain_corpus(out_dir: str | Path, per_language: int = PRETRAIN_WORDS_PER_LANGUAGE,
+                          units_range: tuple[int, int] = PRETRAIN_UNITS,
+                          seed: int = PRETRAIN_SEED, max_bytes: int = SAMPLE_MAX_BYTES) -> dict:
+    """Build the pretraining corpus: composed fingerspelled pseudo-words, train split only.
+
+    The paper pretrains on more data than it fine-tunes on (the combined corpora, 3.2). This
+    corpus plays that part for the sample: :func:`pseudo_words` per sign language, composed
+    from the same real lexicon clips as the sample's words (same cross-fade, same length
+    rules), none of them a sample word of any split. It is meant only for
+    ``ray_jobs/pretrain.py`` (as a second ``--shards`` set beside the sample); fine-tuning
+    and evaluation use the sample. Every sample is ``composed: true`` and ``pseudo_word:
+    true``, keyed ``{lang}-pseudo-{j:04d}``, in a seeded order; the manifest has its own
+    provenance and ``build`` fingerprint (:func:`pretrain_fingerprint`).
+
+    Raises:
+        FileNotFoundError: spoken-to-signed is not installed.
+        ValueError: see :func:`pseudo_words`.
+    """
+    d = lexicon_dir()
+    entries = read_lexicon(d)
+    plan = pseudo_words(entries, per_language, units_range, seed)
+    clips = lexicon_clips(entries)
+    by_unit = {(e.lang, e.text): e for e in entries}
+    spoken = {e.lang: e.spoken for e in entries}
+    samples = []
+    for lang, words in plan.items():
+        for j, (text, units) in enumerate(words):
+            m, v = apply_length_rules(*compose([clips[by_unit[(lang, u)]] for u in units]))
+            samples.append(Sample(
+                key=f"{lang}-pseudo-{j:04d}", text=text, lang=lang, fps=FPS,
+                source=f"{PACKAGE}:{'/'.join(LEXICON_SUBDIR)} (composed pseudo-word)", motion=m,
+                valid=v, composed=True,
+                meta={"spoken_language": spoken[lang], "units": units, "pseudo_word": True,
+                      "blend_frames": BLEND_FRAMES}))
+    random.Random(seed).shuffle(samples)
+    provenance = {
+        "corpus": "MaDiS pretraining corpus: fingerspelled pseudo-words composed from the "
+                  "fingerspelling lexicon of spoken-to-signed (ZurichNLP)",
+        "use": "pretraining only (ray_jobs/pretrain.py); not for fine-tuning or evaluation",
+        "composition": f"{per_language} pseudo-words per sign language, {units_range[0]}.."
+                       f"{units_range[1]} units drawn uniformly (seed {seed}), re-split by "
+                       "longest match; no word of the sample corpus (train, val or test) included",
+        **_lexicon_provenance(entries),
+    }
+    return write_shards(out_dir, {"train": samples}, motion_format="keypoints", fps=FPS,
+                        provenance=provenance, licence=_licence(), max_bytes=max_bytes,
+                        extra={"build": pretrain_fingerprint(per_language, units_range, seed)})
