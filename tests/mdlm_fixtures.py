@@ -26,6 +26,29 @@ def tiny_tokenizer(seed: int = 0, fmt: str = "smplx133") -> DecoupledTokenizer:
     return tok.eval()
 
 
+def mini_qwen3(directory, texts=TEXTS, seed: int = 0):
+    """A local Qwen3 checkpoint as a hub download gives it, without a download: a 2-layer
+    Qwen3ForCausalLM (hidden 32, vocabulary 320) and a byte-level BPE tokenizer trained on
+    ``texts``, both saved in ``directory``. Returns ``(hf_tokenizer, model)``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(list(texts) * 20, trainer)
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    hf_tok.save_pretrained(directory)
+    qcfg = Qwen3Config(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                       tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(qcfg)
+    model.save_pretrained(directory)
+    return hf_tok, model
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models run faster on one thread, above all on a shared 2-core machine."""

@@ -248,22 +248,10 @@ def test_ar_baseline_trains_and_decodes_with_cache(tmp_path, tok):
 
 def test_pretrained_backbone_path_extends_vocabulary(tmp_path, tok):
     """``backbone`` naming local Qwen3 weights + tokenizer (what a hub download gives)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from mdlm_fixtures import mini_qwen3
 
-    bpe = Tokenizer(models.BPE(unk_token=None))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(TEXTS * 20, trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
     d = tmp_path / "qwen3-mini"
-    hf_tok.save_pretrained(d)
-    qcfg = Qwen3Config(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                       tie_word_embeddings=True)
-    torch.manual_seed(0)
-    Qwen3ForCausalLM(qcfg).save_pretrained(d)
+    hf_tok, _ = mini_qwen3(d)
 
     m = MaDiSModel(tiny_config(backbone=str(d)), tok)
     assert m.text_tokenizer.kind == "hf" and m.vocab.text_size == 320

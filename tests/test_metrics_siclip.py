@@ -186,6 +186,58 @@ def test_save_load_roundtrip(tmp_path):
         SiCLIP.from_pretrained(str(tmp_path / "nothing"))
 
 
+
+def test_backbone_text_encoder(tmp_path):
+    """text_encoder=backbone (the paper profile): the first text_layers layers of a local Qwen3
+    checkpoint with its weights and tokenizer, attending both ways; it trains (gradients reach
+    the kept layer), exports with its tokenizer and backbone config, and loads without the
+    original checkpoint."""
+    import shutil
+    from dataclasses import replace
+
+    from mdlm_fixtures import mini_qwen3
+
+    d = tmp_path / "qwen3-mini"
+    hf_tok, qwen = mini_qwen3(d, texts=WORDS)
+    cfg = replace(TINY, text_encoder="backbone", text_backbone=str(d), text_layers=1)
+    torch.manual_seed(0)
+    model = SiCLIP(cfg, "keypoints")
+    assert len(model.text_backbone.model.layers) == 1 and model.text_tokenizer.kind == "hf"
+    assert not hasattr(model, "text_embed")
+    kept = model.text_backbone.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(kept, qwen.model.layers[0].self_attn.q_proj.weight)
+    ids = torch.tensor([hf_tok.encode("sentence number 1")])
+    pos = torch.arange(ids.shape[1])[None]
+    from madis.mdlm.backbone import backbone_hidden
+
+    def first_hidden(i):
+        e = model.text_backbone.get_input_embeddings()(i)
+        return backbone_hidden(model.text_backbone, e, None, pos)[0, 0]
+
+    other = ids.clone()
+    other[0, -1] = (other[0, -1] + 1) % 300
+    with torch.no_grad():
+        assert (first_hidden(ids) - first_hidden(other)).abs().max() > 1e-5  # bidirectional
+
+    x, texts = _class_batch(torch.tensor([0, 1, 2, 3]), seed=0)
+    out = model(x, None, texts)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and kept.grad is not None and kept.grad.abs().sum() > 0
+    model.eval()
+    model.save_pretrained(str(tmp_path / "export"))
+    shutil.rmtree(d)  # the export alone must do
+    again = SiCLIP.from_pretrained(str(tmp_path / "export"))
+    assert again.config == cfg and again.text_tokenizer.kind == "hf"
+    with torch.no_grad():
+        a = model.similarity(model.encode_motion(x), model.encode_text(texts))
+        b = again.similarity(again.encode_motion(x), again.encode_text(texts))
+    assert torch.allclose(a, b, atol=1e-6)
+    mini_qwen3(d, texts=WORDS)
+    with pytest.raises(ValueError, match="has 2 layers, fewer than siclip.text_layers=3"):
+        SiCLIP(replace(cfg, text_layers=3), "keypoints")
+    with pytest.raises(Exception, match="text_encoder must be bytes or backbone"):
+        replace(cfg, text_encoder="bert")
+
 def test_bad_batches_raise_clear_errors():
     model = SiCLIP(TINY, "keypoints")
     x, texts = _class_batch(torch.tensor([0, 1]), seed=0)

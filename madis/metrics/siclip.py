@@ -3,8 +3,11 @@
 Sign side (decoupled, SOKE-style): the z-scored motion is split into the format's three parts;
 each part has its own temporal Conv1d encoder down-sampling 4x (one feature per sign-token
 position, like the tokenizer's pre-quantisation features); the three part features are
-concatenated, fused by a linear layer and a small transformer. Text side: a small transformer
-over UTF-8 bytes (the MDLM's byte tokenizer, ``madis.mdlm.text.ByteTokenizer``). Each side ends
+concatenated, fused by a linear layer and a small transformer. Text side (``text_encoder``):
+``bytes``, a small transformer over UTF-8 bytes (the MDLM's byte tokenizer,
+``madis.mdlm.text.ByteTokenizer``; the CPU profile), or ``backbone``, the first ``text_layers``
+decoder layers of the MDLM's Qwen3 backbone with its own tokenizer (the paper profile, 3.4),
+bidirectional as in the MDLM, followed by a linear map to ``width``. Each side ends
 in an MLP projection into the shared space (512-d in the paper profile) and a learned
 token-weight head. Objective (paper Table 6): global InfoNCE plus the
 CiCo-style fine-grained token-wise loss, both symmetric cross-entropies with one learned logit
@@ -13,15 +16,18 @@ scale (see :mod:`madis.metrics.contrastive`).
 Retrieval scores (:meth:`SiCLIP.similarity`) are the mean of the global cosine and the
 fine-grained score (the global cosine alone when ``fine_grained_weight`` is 0).
 
-Not implemented: the paper profile's text encoder made of the backbone's first layers; both
-profiles use the byte-level transformer here (its size set by the profile).
+The ``backbone`` encoder loads its weights once, when a model is first built for training
+(:func:`madis.mdlm.backbone.pretrained_backbone`: the hub or a local directory); an exported
+SiCLIP model carries the kept layers, the backbone's config and its tokenizer, so loading
+one never touches the network.
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +37,7 @@ from torch import nn
 from madis.config import ConfigError, check_bounds, from_dict, to_dict
 from madis.metrics.contrastive import masked_softmax, symmetric_cross_entropy, token_wise_similarity
 from madis.motion import PARTS, get_format
-from madis.utils.pretrained import load_weights, read_config, save_pretrained
+from madis.utils.pretrained import load_weights, local_copy, read_config, save_pretrained
 
 __all__ = ["SiCLIPConfig", "SiCLIP", "SiCLIPEmbeddings", "SiCLIPOutput", "encode_texts"]
 
@@ -50,9 +56,15 @@ class SiCLIPConfig:
         embed_dim: dimension of the shared embedding space (paper 512).
         num_heads: attention heads in both transformers.
         motion_layers: transformer layers fusing the three part features.
-        text_layers: transformer layers of the byte-level text encoder.
+        text_encoder: ``bytes`` (a byte-level transformer of ``text_layers`` layers) or
+            ``backbone`` (the first ``text_layers`` layers of ``text_backbone``, paper 3.4).
+        text_backbone: Qwen3 checkpoint (hub id or local directory) of the ``backbone`` text
+            encoder and its tokenizer: the MDLM's backbone (``model.backbone`` of the paper
+            profile).
+        text_layers: transformer layers of the text encoder (either kind).
         dropout: dropout inside the transformers.
-        max_text_bytes: UTF-8 bytes kept per text (longer texts are cut at the end).
+        max_text_bytes: text tokens kept per text (UTF-8 bytes, or the backbone tokenizer's
+            tokens; longer texts are cut at the end).
         max_positions: sign positions (T/4) the positional table holds (400 frames -> 100).
         decoupled: one encoder per part (paper); False encodes all features with one encoder
             (Table 6's "w/o decoupled sign encoders").
@@ -71,6 +83,8 @@ class SiCLIPConfig:
     num_heads: int = 8
     motion_layers: int = 4
     text_layers: int = 4
+    text_encoder: str = "bytes"
+    text_backbone: str = "Qwen/Qwen3-0.6B-Base"
     dropout: float = 0.1
     max_text_bytes: int = 256
     max_positions: int = 128
@@ -86,6 +100,10 @@ class SiCLIPConfig:
                                    "max_positions", "retrieval_batch_size"))
         if self.width % self.num_heads:
             raise ConfigError(f"siclip.width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.text_encoder not in ("bytes", "backbone"):
+            raise ConfigError(f"siclip.text_encoder must be bytes or backbone, got {self.text_encoder!r}")
+        if self.text_encoder == "backbone" and self.text_layers < 1:
+            raise ConfigError("siclip.text_encoder=backbone needs text_layers >= 1")
         if self.motion_layers < 0 or self.text_layers < 0 or self.fine_grained_weight < 0:
             raise ConfigError("siclip layer counts and fine_grained_weight must be >= 0")
         if not (self.init_temperature > 0.0 and self.max_logit_scale > 1.0):
@@ -172,6 +190,28 @@ def _transformer(cfg: SiCLIPConfig, layers: int) -> nn.Module:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def _backbone_text_encoder(config: SiCLIPConfig, saved: tuple[dict, Any] | None):
+    """``(text tokenizer, Qwen3 model)``: the first ``text_layers`` layers of
+    ``config.text_backbone`` (bidirectional), or, when loading an export, the saved backbone
+    config and tokenizer (random weights, overwritten by the export's)."""
+    from madis.mdlm.backbone import new_backbone, pretrained_backbone
+    from madis.mdlm.text import HFTextTokenizer
+
+    if saved is not None:
+        backbone_config, tokenizer = saved
+        return tokenizer, new_backbone(backbone_config, causal=False)
+    full = pretrained_backbone(config.text_backbone, causal=False, dtype=torch.float32)
+    layers = full.model.layers
+    if len(layers) < config.text_layers:
+        raise ValueError(f"{config.text_backbone} has {len(layers)} layers, fewer than "
+                         f"siclip.text_layers={config.text_layers}")
+    full.model.layers = layers[: config.text_layers]
+    full.config.num_hidden_layers = config.text_layers
+    if getattr(full.config, "layer_types", None):
+        full.config.layer_types = full.config.layer_types[: config.text_layers]
+    return HFTextTokenizer.from_pretrained(config.text_backbone), full
+
+
 def _mlp(width: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, out))
 
@@ -187,10 +227,13 @@ class SiCLIP(nn.Module):
 
     Raises:
         KeyError: unknown motion format.
-        ValueError: mean/std not of shape ``[D]``.
+        ValueError: mean/std not of shape ``[D]``; ``text_backbone`` is not a Qwen3 checkpoint
+            or has fewer than ``text_layers`` layers.
+        OSError: ``text_backbone`` cannot be found or fetched (``backbone`` text encoder).
     """
 
-    def __init__(self, config: SiCLIPConfig, motion_format: str, mean=None, std=None) -> None:
+    def __init__(self, config: SiCLIPConfig, motion_format: str, mean=None, std=None, *,
+                 _saved_text: tuple[dict, Any] | None = None) -> None:
         super().__init__()
         self.config = config
         self.format = get_format(motion_format)
@@ -213,13 +256,17 @@ class SiCLIP(nn.Module):
         self.sign_pos = nn.Parameter(torch.randn(config.max_positions, w) * 0.02)
         self.sign_encoder = _transformer(config, config.motion_layers)
         self.sign_norm = nn.LayerNorm(w)
-        from madis.mdlm.text import ByteTokenizer
+        if config.text_encoder == "backbone":
+            self.text_tokenizer, self.text_backbone = _backbone_text_encoder(config, _saved_text)
+            self.text_in = nn.Linear(self.text_backbone.config.hidden_size, w)
+        else:
+            from madis.mdlm.text import ByteTokenizer
 
-        self.text_tokenizer = ByteTokenizer()
-        self.text_embed = nn.Embedding(self.text_tokenizer.vocab_size, w,
-                                       padding_idx=self.text_tokenizer.pad_id)
-        self.text_pos = nn.Parameter(torch.randn(config.max_text_bytes + 1, w) * 0.02)
-        self.text_encoder = _transformer(config, config.text_layers)
+            self.text_tokenizer = ByteTokenizer()
+            self.text_embed = nn.Embedding(self.text_tokenizer.vocab_size, w,
+                                           padding_idx=self.text_tokenizer.pad_id)
+            self.text_pos = nn.Parameter(torch.randn(config.max_text_bytes + 1, w) * 0.02)
+            self.text_encoder = _transformer(config, config.text_layers)
         self.text_norm = nn.LayerNorm(w)
         self.sign_proj, self.text_proj = _mlp(w, config.embed_dim), _mlp(w, config.embed_dim)
         self.sign_weight, self.text_weight = nn.Linear(w, 1), nn.Linear(w, 1)
@@ -289,15 +336,23 @@ class SiCLIP(nn.Module):
         return self._embed(self.sign_norm(h), pos_mask, self.sign_proj, self.sign_weight)
 
     def encode_text(self, texts: Sequence[str]) -> SiCLIPEmbeddings:
-        """Text embeddings of a list of sentences (UTF-8 bytes, cut at ``max_text_bytes``).
+        """Text embeddings of a list of sentences (tokens cut at ``max_text_bytes``).
 
         Raises:
             ValueError: no texts or an empty text.
         """
         ids, mask = encode_texts(texts, self.config.max_text_bytes, self.text_tokenizer)
-        ids, mask = ids.to(self.text_pos.device), mask.to(self.text_pos.device)
-        h = self.text_embed(ids) + self.text_pos[: ids.shape[1]]
-        h = self._run(self.text_encoder, h, mask)
+        device = self.logit_scale.device
+        ids, mask = ids.to(device), mask.to(device)
+        if self.config.text_encoder == "backbone":
+            from madis.mdlm.backbone import backbone_hidden
+
+            pos = torch.arange(ids.shape[1], device=device)[None].expand_as(ids)
+            embeds = self.text_backbone.get_input_embeddings()(ids)
+            h = self.text_in(backbone_hidden(self.text_backbone, embeds, mask.long(), pos))
+        else:
+            h = self.text_embed(ids) + self.text_pos[: ids.shape[1]]
+            h = self._run(self.text_encoder, h, mask)
         return self._embed(self.text_norm(h), mask, self.text_proj, self.text_weight)
 
     @staticmethod
@@ -357,9 +412,18 @@ class SiCLIP(nn.Module):
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, path: str) -> None:
         """Write ``model.safetensors`` and ``config.json`` under ``path`` (directory or URL);
-        see :mod:`madis.utils.pretrained`."""
-        save_pretrained(path, self, {"kind": KIND, "motion_format": self.motion_format,
-                                     "siclip": to_dict(self.config)})
+        see :mod:`madis.utils.pretrained`. A ``backbone`` text encoder adds the backbone's
+        config to ``config.json`` and its tokenizer under ``text_tokenizer/``."""
+        meta = {"kind": KIND, "motion_format": self.motion_format, "siclip": to_dict(self.config)}
+        if self.config.text_encoder == "backbone":
+            from madis.data.storage import join, upload_dir
+            from madis.mdlm.text import TEXT_TOKENIZER_DIR, save_text_tokenizer
+
+            meta["text_backbone"] = self.text_backbone.config.to_dict()
+            with tempfile.TemporaryDirectory(prefix="madis-siclip-") as tmp:
+                save_text_tokenizer(self.text_tokenizer, tmp)
+                upload_dir(f"{tmp}/{TEXT_TOKENIZER_DIR}", join(str(path), TEXT_TOKENIZER_DIR))
+        save_pretrained(path, self, meta)
 
     @classmethod
     def from_pretrained(cls, path: str, map_location: str | torch.device = "cpu") -> "SiCLIP":
@@ -370,6 +434,13 @@ class SiCLIP(nn.Module):
             ValueError: the directory holds something other than a SiCLIP model.
         """
         meta = read_config(path, {"kind": KIND}, "SiCLIP model")
-        model = cls(from_dict(SiCLIPConfig, meta["siclip"], "siclip"), meta["motion_format"])
+        config = from_dict(SiCLIPConfig, meta["siclip"], "siclip")
+        saved = None
+        if config.text_encoder == "backbone":
+            from madis.mdlm.text import load_text_tokenizer
+
+            with local_copy(path) as d:
+                saved = (meta["text_backbone"], load_text_tokenizer(d))
+        model = cls(config, meta["motion_format"], _saved_text=saved)
         load_weights(path, model)
         return model.to(map_location).eval()
