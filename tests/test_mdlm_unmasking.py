@@ -161,6 +161,39 @@ def test_drop_after_eos_commits_padding():
     assert lengths.tolist() == [8] and (codes[0, 8:] == -1).all() and (codes[0, :8] >= 0).all()
 
 
+
+def test_length_first_decides_the_expected_length():
+    """length_first: the all-masked prediction's special-class probabilities set the length
+    (8 - 0.6 - 0.2 - 0.4 = 6.8 -> 7), [EOS] at 7 and [PAD] after; position 2, where the model
+    prefers [EOS] (0.6), ends the paper's rule at 2 but is barred from the special classes."""
+    n, body_classes = 16, 6  # eos class 4, pad 5
+    calls = []
+    p_special = {2: (4, 0.6), 6: (5, 0.2), 7: (5, 0.4)}
+
+    def predict(tokens, masked, query):
+        calls.append(int(query.sum()))
+        _, i = query.nonzero(as_tuple=True)
+        body = torch.full((len(i), body_classes), -30.0)
+        body[:, 1] = 0.0
+        for r, pos in enumerate(i.tolist()):
+            if pos >= 8:
+                body[r, 5] = 30.0
+            elif pos in p_special:
+                cls, p = p_special[pos]
+                body[r, cls] = math.log(p / (1 - p))
+        return [body, torch.zeros(len(i), 3), torch.zeros(len(i), 3)]
+
+    plain = unmask(predict, 1, n, 8, [], body_classes=body_classes)
+    assert truncate_at_eos(plain.tokens, 4)[1].tolist() == [2]
+    calls.clear()
+    out = unmask(predict, 1, n, 8, [], body_classes=body_classes, length_first=True)
+    assert calls[0] == n and sum(calls[1:]) < 7 * 8  # later steps query only positions < 7
+    codes, lengths = truncate_at_eos(out.tokens, 4)
+    assert lengths.tolist() == [7]
+    assert out.tokens[0, 7, 0] == 4 and (out.tokens[0, 8:, 0] == 5).all()
+    assert out.tokens[0, :7, 0].tolist() == [1] * 7
+
+
 def test_truncate_at_eos():
     kb = 5
     tokens = torch.tensor([[[1, 2, 3], [kb, 0, 0], [2, 2, 2]],  # EOS at 1: drop what follows

@@ -63,6 +63,9 @@ class ModelConfig:
             possible when ``text_attends_sign`` is False (ignored otherwise).
         drop_after_eos: once ``[EOS]`` is committed at position e, positions after e become
             ``[PAD]`` and leave the computation (changes outputs: trained models saw them).
+        length_first: decide the length first, from the all-masked prediction (expected
+            count of non-special positions), then unmask the codes before it (changes outputs;
+            off is the paper's first-[EOS] rule; see :func:`madis.mdlm.sampling.unmask`).
         stage_kv_cache: approximate cache: at the start of each UTC stage compute every
             position once and, within the stage, recompute only the stage's own positions
             against the cached keys/values of the others (changes outputs).
@@ -106,6 +109,7 @@ class ModelConfig:
     logits_masked_only: bool = True
     text_kv_cache: bool = True
     drop_after_eos: bool = False
+    length_first: bool = False
     stage_kv_cache: bool = False
     ar_embed_weights: tuple[float, float, float] = (0.2, 0.4, 0.4)
 

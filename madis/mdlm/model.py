@@ -231,7 +231,7 @@ class MaDiSModel(SignLanguageModel):
                  temperature: float | None = None, generator: torch.Generator | None = None,
                  logits_masked_only: bool | None = None, text_kv_cache: bool | None = None,
                  drop_after_eos: bool | None = None, stage_kv_cache: bool | None = None,
-                 return_gates: bool = False, record: bool = False) -> Generation:
+                 length_first: bool | None = None, return_gates: bool = False, record: bool = False) -> Generation:
         """Text -> sign tokens by the reverse process (SPEC eq. 2) with UTC or vanilla
         unmasking; multi-head decoding; everything from the first [EOS] on is discarded.
 
@@ -264,7 +264,8 @@ class MaDiSModel(SignLanguageModel):
                 dec.predict, len(texts), cfg.num_positions, num_steps or cfg.num_steps,
                 checkpoints, body_classes=self.vocab.body_classes,
                 temperature=cfg.temperature if temperature is None else temperature,
-                generator=generator, drop_after_eos=opts.drop_after_eos, device=self.device,
+                generator=generator, drop_after_eos=opts.drop_after_eos,
+                length_first=_pick(length_first, cfg.length_first), device=self.device,
                 on_stage_start=dec.stage_start if opts.stage_kv_cache else None, record=record)
             codes, lengths = truncate_at_eos(out.tokens, self.codebook_sizes[0])
             gates = self.mop_gates(codes) if return_gates else None

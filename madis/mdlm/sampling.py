@@ -128,7 +128,7 @@ def pick_tokens(logits: torch.Tensor, temperature: float,
 def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: int,
            checkpoints: Sequence[float], *, body_classes: int, temperature: float = 0.0,
            generator: torch.Generator | None = None, drop_after_eos: bool = False,
-           device: torch.device | str | None = None,
+           length_first: bool = False, device: torch.device | str | None = None,
            on_stage_start: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
            record: bool = False) -> SamplerOutput:
     """Confidence-based unmasking with temporal checkpoints (paper 3.3.1; LLaDA's
@@ -146,6 +146,13 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
         body_classes: K_B + 2 (codes, ``[EOS]``, ``[PAD]``).
         drop_after_eos: after a step commits ``[EOS]``/``[PAD]`` at position e, every position
             after e is committed as ``[PAD]`` (output-changing speed-up).
+        length_first: decide the length before any code (one extra all-position prediction
+            at the start): ``L = round(sum_i (1 - p_i))``, ``p_i`` the body head's probability
+            of ``[EOS]``/``[PAD]`` at position i from the all-masked state (the expected length
+            when the special classes mark a suffix), clamped to ``1..N``. ``[EOS]`` is
+            committed at L and ``[PAD]`` after it, and the special classes are barred before L.
+            The paper's rule (off) ends the sequence at the first special token committed
+            anywhere, which the minimum over many uncertain positions biases short.
         on_stage_start: called as ``(stage, tokens, masked)`` before each stage's first step.
         record: keep the masked state after every step in ``trace``.
     Returns:
@@ -158,6 +165,13 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
     masked = torch.ones(batch_size, num_positions, dtype=torch.bool, device=device)
     pos = torch.arange(num_positions, device=device)
     trace: list[torch.Tensor] = []
+    if length_first:
+        body = predict(tokens, masked, masked)[0].float()
+        p_special = torch.softmax(body, -1)[:, eos:].sum(-1).view(batch_size, num_positions)
+        length = (1.0 - p_special).sum(1).round().long().clamp(1, num_positions)  # b
+        after = pos[None, :] - length[:, None]  # b, n
+        tokens[..., 0] = torch.where(after == 0, eos, torch.where(after > 0, eos + 1, 0))
+        masked = after < 0
     for stage, counts in enumerate(utc_schedule(num_positions, num_steps, checkpoints)):
         in_stage = (stage_of == stage)[None, :]  # 1, n
         if on_stage_start is not None:
@@ -169,6 +183,10 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
                     trace.append(masked.clone())
                 continue
             logits = predict(tokens, masked, query)
+            if length_first:  # every queried position lies before the decided end
+                body = logits[0].clone()
+                body[:, eos:] = -math.inf
+                logits = (body, *logits[1:])
             picks = [pick_tokens(lg, temperature, generator) for lg in logits]
             choice = torch.stack([c for c, _ in picks], -1)  # q, 3
             conf_q = torch.stack([lp for _, lp in picks], -1).mean(-1)  # q
