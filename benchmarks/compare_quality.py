@@ -184,16 +184,12 @@ def pretrain_tokens(token_url: str, out: str, per_language: int, local_dir: str)
     """
     from madis.data import storage as st
     from madis.data.sample import build_pretrain_corpus
-    from madis.data.shards import read_manifest
-    from madis.mdlm.task import load_tokenizer
-    from madis.tokenizer.token_shards import write_token_shards
+    from madis.tokenizer.token_shards import tokenize_like
 
     build_pretrain_corpus(local_dir, per_language=per_language)
     motion_url = f"{out.rstrip('/')}-motion"
     st.upload_dir(local_dir, motion_url)
-    recorded = read_manifest(token_url)["tokenizer_export"]
-    write_token_shards(load_tokenizer(recorded["url"]), motion_url, out,
-                       extra={"tokenizer_export": recorded})
+    tokenize_like(motion_url, token_url, out)
     return out
 
 

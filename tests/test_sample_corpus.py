@@ -195,12 +195,33 @@ def test_pseudo_words_are_new_spellable_and_deterministic():
         pseudo_words(entries, per_language=10**6, units_range=(2, 2))
 
 
-def test_pretrain_corpus_build(tmp_path):
-    """Two pseudo-words per language as real shards: train split only, composed from the
-    lexicon's clips under the length rules, with its own fingerprint (a rebuild is skipped)."""
-    from madis.data.sample import build_pretrain_corpus, pretrain_fingerprint
+def test_pretrain_corpus_build_and_tokenize(tmp_path, capsys):
+    """`madis data build-pretrain`: two pseudo-words per language as real shards, train split
+    only, composed from the lexicon's clips under the length rules, with its own fingerprint (a
+    rebuild is skipped). `madis data tokenize --like`: the tokenizer recorded by a token set."""
+    from madis.data.sample import pretrain_fingerprint
+    from mdlm_fixtures import tiny_tokenizer
+    from madis.tokenizer.token_shards import write_token_shards
 
-    build_pretrain_corpus(tmp_path, per_language=2)
+    out = tmp_path / "pre"
+    assert main(["data", "build-pretrain", "--out", str(out), "--words-per-language", "2"]) == 0
+    assert "built 38 pseudo-words" in capsys.readouterr().out
+    assert main(["data", "build-pretrain", "--out", str(out), "--words-per-language", "2"]) == 0
+    assert "up to date" in capsys.readouterr().out
+    tok = tiny_tokenizer(fmt="keypoints")
+    tok.save_pretrained(str(tmp_path / "tok"))
+    export = {"url": str(tmp_path / "tok"), "step": 7}
+    write_token_shards(tok, str(out), str(tmp_path / "like"), extra={"tokenizer_export": export})
+    assert main(["data", "tokenize", str(out), "--like", str(tmp_path / "like"),
+                 "--out", str(tmp_path / "tokens")]) == 0
+    assert read_manifest(tmp_path / "tokens")["tokenizer_export"] == export
+    like = {s["key"]: s["tokens"] for s in iter_samples(tmp_path / "like", "train", shuffle=False, with_tokens=True)}
+    again = list(iter_samples(tmp_path / "tokens", "train", shuffle=False, with_tokens=True))
+    assert len(again) == 38 and all(np.array_equal(s["tokens"], like[s["key"]]) for s in again)
+    with pytest.raises(ValueError, match="records no tokenizer_export"):
+        main(["data", "tokenize", str(out), "--like", str(out), "--out", str(tmp_path / "x")])
+
+    tmp_path = out
     manifest = read_manifest(tmp_path)
     assert list(manifest["splits"]) == ["train"]
     got = list(iter_samples(tmp_path, "train", shuffle=False))

@@ -29,6 +29,30 @@ def add_parser(subparsers) -> None:
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
     b.set_defaults(func=cmd_build_sample)
 
+    t = sub.add_parser("build-pretrain", help="build the pretraining corpus (pseudo-words) shards",
+                       description="Build the sample's pretraining corpus: fingerspelled "
+                                   "pseudo-words composed from the same lexicon clips, none a "
+                                   "sample word (madis.data.sample.build_pretrain_corpus), train "
+                                   "split only; for ray_jobs/pretrain.py beside the sample "
+                                   "(tokenize it with `madis data tokenize`). Skipped when an "
+                                   "identical build is already there.")
+    t.add_argument("--out", default="pretrain_shards", help="output directory (default: %(default)s)")
+    t.add_argument("--words-per-language", type=int, default=None, metavar="K",
+                   help="pseudo-words per sign language (default: "
+                        "madis.data.sample.PRETRAIN_WORDS_PER_LANGUAGE)")
+    t.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    t.set_defaults(func=cmd_build_pretrain)
+
+    z = sub.add_parser("tokenize", help="encode motion shards with the tokenizer of a token set",
+                       description="Encode the motion shards SHARDS with the tokenizer that wrote "
+                                   "the token shards LIKE (its manifest's tokenizer_export) and "
+                                   "write token shards to OUT, so that the MDLM jobs take both: "
+                                   "ray_jobs/pretrain.py --shards LIKE --shards OUT.")
+    z.add_argument("shards", metavar="SHARDS", help="motion shard root (dir or s3://)")
+    z.add_argument("--like", required=True, help="token shard root written by the tokenizer job")
+    z.add_argument("--out", required=True, help="token shard output (dir or s3://)")
+    z.set_defaults(func=cmd_tokenize)
+
     k = sub.add_parser("build-soke", help="build 133-d SMPL-X shards from SOKE-layout datasets",
                        description="Read How2Sign / CSL-Daily / Phoenix-2014T in SOKE's on-disk layout "
                                    "(see madis/data/soke.py) into one smplx133 shard set.")
@@ -71,6 +95,30 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     m = build_sample_corpus(out)
     print(f"{out}/: built " + ", ".join(f"{s} {v['samples']} samples in {len(v['shards'])} shards"
                                         for s, v in m["splits"].items()))
+    return 0
+
+
+def cmd_build_pretrain(args: argparse.Namespace) -> int:
+    from madis.data.sample import (PRETRAIN_WORDS_PER_LANGUAGE, build_pretrain_corpus,
+                                   is_up_to_date, pretrain_fingerprint)
+
+    k = args.words_per_language or PRETRAIN_WORDS_PER_LANGUAGE
+    out = Path(args.out)
+    if not args.force and is_up_to_date(out, pretrain_fingerprint(per_language=k)):
+        print(f"{out}/: pretraining corpus up to date (checksums verified)")
+        return 0
+    m = build_pretrain_corpus(out, per_language=k)
+    print(f"{out}/: built {m['splits']['train']['samples']} pseudo-words ({k} per sign language) "
+          f"in {len(m['splits']['train']['shards'])} shards")
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from madis.tokenizer.token_shards import tokenize_like
+
+    m = tokenize_like(args.shards, args.like, args.out)
+    print(f"{args.out}: " + ", ".join(f"{s} {v['samples']}" for s, v in m["splits"].items())
+          + f" (tokenizer {m['tokenizer_export']['url']})")
     return 0
 
 

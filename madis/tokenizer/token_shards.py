@@ -85,3 +85,28 @@ def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
         if storage.is_s3(out):
             storage.upload_dir(local, out)
     return written
+
+
+def tokenize_like(src: str, like: str, out: str, *, batch_size: int = 32) -> dict:
+    """Encode the motion shards ``src`` with the tokenizer that wrote the token shards ``like``
+    and write them to ``out``, recording the same ``tokenizer_export``, so that the MDLM jobs
+    accept both sets together (``ray_jobs/pretrain.py --shards LIKE --shards OUT``: paper 3.2
+    pretrains on every dataset with one tokenizer).
+
+    Returns:
+        The written manifest.
+    Raises:
+        ValueError: ``like`` records no tokenizer export (not written by the tokenizer job), or
+            the motion formats differ.
+        FileNotFoundError / StorageError: a manifest or the export cannot be read.
+    """
+    from madis.data.shards import read_manifest
+    from madis.tokenizer import DecoupledTokenizer
+
+    recorded = read_manifest(like).get("tokenizer_export")
+    if not recorded or not recorded.get("url"):
+        raise ValueError(f"{like} records no tokenizer_export: give token shards written by "
+                         "ray_jobs/train_tokenizer.py")
+    tokenizer = DecoupledTokenizer.from_pretrained(recorded["url"])
+    return write_token_shards(tokenizer, src, out, batch_size=batch_size,
+                              extra={"tokenizer_export": recorded})
