@@ -88,37 +88,12 @@ def length_bias(predictions: dict, references: dict) -> float:
                           for k, r in references.items()]))
 
 
-@torch.no_grad()
 def model_predictions(model, references: dict, batch_size: int = 64) -> tuple[dict, int]:
-    """Generate every reference text with ``model`` (its own decoding defaults) and decode the
-    tokens to motion with its tokenizer.
+    """The model's generations of every reference text, decoded to motion (its own decoding
+    defaults): :func:`madis.mdlm.predict.predict_references`."""
+    from madis.mdlm.predict import predict_references
 
-    A generation that puts [EOS] first has no frames; it is scored as one position of the
-    tokenizer's mean pose (4 frames) so DTW-JPE stays defined, and counted.
-
-    Returns:
-        ``({key: Prediction}, number of empty generations)``.
-    """
-    from madis.metrics.predictions import Prediction
-
-    keys = list(references)
-    preds, empty = {}, 0
-    for a in range(0, len(keys), batch_size):
-        chunk = keys[a: a + batch_size]
-        out = model.generate([references[k].text for k in chunk],
-                             [references[k].lang for k in chunk])
-        motion = model.tokenizer.decode(out.tokens)
-        for i, k in enumerate(chunk):
-            n = int(out.lengths[i])
-            if n == 0:
-                empty += 1
-                frames = model.tokenizer.denormalize(torch.zeros(1, 4, motion.shape[-1]))[0]
-                tokens = np.zeros((0, 3), np.int64)
-            else:
-                frames = motion[i, : 4 * n]
-                tokens = out.tokens[i, :n].cpu().numpy()
-            preds[k] = Prediction(frames.cpu().numpy(), tokens)
-    return preds, empty
+    return predict_references(model, references, batch_size)
 
 
 def score(predictions: dict, references: dict, motion_format: str) -> dict[str, float]:

@@ -243,6 +243,20 @@ def test_generate_cli_prints_tokens_and_writes_motion(token_sets, tmp_path, caps
                  str(tmp_path / "ckpt")]) == 2
     assert main(["generate", "A", "--lang", "ase", "--storage", str(tmp_path / "none")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+    # a whole split -> a predictions directory that `madis eval` scores
+    assert main(["generate", "--split", "test", "--shards", token_sets["ase"], "--checkpoint",
+                 str(tmp_path / "ckpt"), "-o", str(tmp_path / "preds")]) == 0
+    assert "3 predictions" in capsys.readouterr().out
+    from madis.metrics.predictions import load_predictions
+
+    meta, preds = load_predictions(tmp_path / "preds")
+    assert sorted(preds) == ["ase-test-30", "ase-test-31", "ase-test-32"]
+    assert meta["split"] == "test" and meta["checkpoint"].endswith("export")
+    assert main(["eval", str(tmp_path / "preds"), "--references", token_sets["ase"],
+                 "--split", "test"]) == 0
+    assert "dtw_jpe_body" in capsys.readouterr().out
+    assert main(["generate", "A", "--split", "test", "--shards", token_sets["ase"]]) == 2
+    assert main(["generate", "A"]) == 2
 
 
 # --------------------------------------------------------------------------- real Ray

@@ -15,10 +15,15 @@ def add_parser(subparsers) -> None:
                     "default), print its part tokens and write the motion (format units) as "
                     "OUT/<i>_<lang>_<text>.motion.npy, the tokens as .tokens.npy, and with --gif "
                     "a skeleton animation. The checkpoint defaults to the newest complete one of "
-                    "the fine-tuning run in the profile's storage.")
-    p.add_argument("texts", nargs="+", metavar="TEXT")
-    p.add_argument("--lang", action="append", required=True, metavar="LANG",
+                    "the fine-tuning run in the profile's storage. With --split, every text of "
+                    "that split of --shards is generated instead and OUT becomes a predictions "
+                    "directory for `madis eval OUT --references SHARDS --split SPLIT`.")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--lang", action="append", metavar="LANG",
                    help="sign language code (e.g. ase, gsg); once for all texts or once per text")
+    p.add_argument("--split", help="generate every text of this split of --shards (e.g. test)")
+    p.add_argument("--shards", help="shard root of --split (dir or s3://; the tokenizer job's "
+                                    "token shards also carry the reference tokens)")
     p.add_argument("--checkpoint", metavar="URL",
                    help="checkpoint directory or its export (directory or s3://...)")
     p.add_argument("--config", default="cpu-tiny", help="profile locating the default checkpoint")
@@ -67,10 +72,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from madis.mdlm.task import export_dir, load_generator
 
-    langs = args.lang
+    if args.split or args.shards:
+        if not (args.split and args.shards) or args.texts:
+            print("error: --split and --shards go together, without TEXT arguments",
+                  file=sys.stderr)
+            return 2
+    elif not args.texts or not args.lang:
+        print("error: give TEXT... --lang LANG, or --split SPLIT --shards URL", file=sys.stderr)
+        return 2
+    langs = args.lang or []
     if len(langs) == 1:
         langs = langs * len(args.texts)
-    if len(langs) != len(args.texts):
+    if not args.split and len(langs) != len(args.texts):
         print(f"error: {len(args.texts)} texts but {len(langs)} --lang values (give one, or one "
               f"per text)", file=sys.stderr)
         return 2
@@ -85,6 +98,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: cannot load a model from {export}: {exn}", file=sys.stderr)
         return 2
     g = torch.Generator().manual_seed(args.seed)
+    if args.split:
+        return _generate_split(model, export, args, g)
     out = model.generate(list(args.texts), langs, num_steps=args.num_steps, sampler=args.sampler,
                          temperature=args.temperature, generator=g)
     with torch.no_grad():
@@ -115,3 +130,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"  animation -> {gif}")
     return 0
 
+
+
+def _generate_split(model, export: str, args: argparse.Namespace, generator) -> int:
+    """Every text of ``args.split`` of ``args.shards`` -> a predictions directory ``args.out``."""
+    from madis.mdlm.predict import predict_references
+    from madis.metrics.evaluation import load_references
+    from madis.metrics.predictions import save_predictions
+
+    fmt, refs = load_references(args.shards, args.split)
+    preds, empty = predict_references(model, refs, num_steps=args.num_steps,
+                                      sampler=args.sampler, temperature=args.temperature,
+                                      generator=generator)
+    save_predictions(args.out, preds, fmt, checkpoint=export, references=args.shards,
+                     split=args.split)
+    print(f"checkpoint: {export}\n{len(preds)} predictions of {args.shards} split {args.split} "
+          f"({empty} empty) -> {args.out}\nscore them: madis eval {args.out} --references "
+          f"{args.shards} --split {args.split}")
+    return 0
