@@ -18,6 +18,7 @@ This module only runs commands (``ray``, ``moto_server``); it imports no Ray its
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -39,13 +40,13 @@ SERVE_URL = "http://127.0.0.1:8000"
 BUCKET = "s3://madis"
 SAMPLE_URL = f"{BUCKET}/sample"
 TOKENS_URL = f"{BUCKET}/tokens"
-# short: Ray's socket paths must stay under 107 characters; tests give each cluster its own
-RAY_TEMP = os.environ.get("MADIS_RAY_TEMP", "/tmp/madis-ray")
+#: the GCS address `ray start --head` takes (the client server names it, not the temp dir)
+GCS_ADDRESS = "127.0.0.1:6379"
 DEMO_TEXT = ("HELLO", "ase")
 
 #: What the console shows of a job's output (everything is in .madis/logs/<job>.log): progress
 #: bars, MaDiS's own log lines, and the outcome. Ray's and DeepSpeed's chatter stays in the log.
-_SHOW = re.compile(r"\d+%\||\bINFO madis\.|\bWARNING madis\.|succeeded|FAILED|failed with|Error:|^Traceback")
+_SHOW = re.compile(r"\d+%\||\[madis\] |\bINFO madis\.|\bWARNING madis\.|succeeded|FAILED|failed with|Error:|^Traceback")
 
 
 @dataclass
@@ -54,6 +55,14 @@ class Paths:
 
     repo: Path
     storage_dir: Path | None = None
+
+    @property
+    def ray_temp(self) -> str:
+        """The Ray cluster's temp dir, one per checkout (``MADIS_RAY_TEMP`` overrides): `madis
+        down` finds its cluster by it, so it never stops another checkout's. Short: Ray's
+        socket paths must stay under 107 characters."""
+        digest = hashlib.sha1(str(self.repo.resolve()).encode()).hexdigest()[:8]
+        return os.environ.get("MADIS_RAY_TEMP", f"/tmp/madis-ray-{digest}")
 
     @property
     def state(self) -> Path:
@@ -189,11 +198,11 @@ def ray_running(env: dict[str, str]) -> bool:
     return out.returncode == 0
 
 
-def start_ray(env: dict[str, str], num_cpus: int) -> str:
+def start_ray(env: dict[str, str], num_cpus: int, temp_dir: str) -> str:
     if ray_running(env):
         return f"running ({DASHBOARD})"
     cmd = ["ray", "start", "--head", f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
-           "--node-ip-address=127.0.0.1", f"--temp-dir={RAY_TEMP}", "--disable-usage-stats"]
+           "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if out.returncode != 0:
         raise SystemExit(f"ray start failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
@@ -211,8 +220,10 @@ class Job:
         cmd = ["ray", "job", "submit", "--address", DASHBOARD, "--working-dir", str(paths.repo),
                "--runtime-env-json", json.dumps(runtime_env), "--", "python", script, *args]
         self.log_path = paths.logs / f"{name}.log"
-        self.log = open(self.log_path, "w", encoding="utf-8")
-        self.log.write("$ " + " ".join(cmd) + "\n")
+        # appended: a re-run must not erase the log of the run that trained the model
+        self.log = open(self.log_path, "a", encoding="utf-8")
+        self.log.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n$ "
+                       + " ".join(cmd) + "\n")
         self.proc = subprocess.Popen(cmd, env=env, cwd=paths.repo, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1,
                                      errors="replace")
@@ -318,7 +329,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     step.done(upload_if_missing(paths.shards, SAMPLE_URL))
 
     step("Ray cluster on 127.0.0.1")
-    step.done(start_ray(env, args.num_cpus))
+    step.done(start_ray(env, args.num_cpus, paths.ray_temp))
 
     st = paths.storage
     step("tokenizer job (ray job submit ray_jobs/train_tokenizer.py)")
@@ -353,8 +364,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     best = read_best(str(st / "finetune")) or {}
     b = best.get("best") or {}
-    step.done(f"best checkpoint by {best.get('metric')}: step {b.get('step')} "
-              f"({b.get('value')}); TensorBoard logs in {st / 'finetune' / 'tensorboard'}")
+    value = b.get("value")
+    shown = f"{value:.2f}" if isinstance(value, (int, float)) else "none"
+    step.done(f"best checkpoint by {best.get('metric')}: step {b.get('step')} ({shown}); "
+              f"TensorBoard logs in {st / 'finetune' / 'tensorboard'}")
 
     step("Ray Serve on the best checkpoint, and one request")
     run_job("serve", "ray_jobs/serve.py", ["--run", str(st / "finetune"),
@@ -371,7 +384,7 @@ MaDiS is up ({time.monotonic() - t0:.0f} s).
   rendered       {paths.demo}/
   TensorBoard    .venv/bin/tensorboard --logdir {st / 'finetune' / 'tensorboard'} --host 127.0.0.1
   best checkpoint .venv/bin/madis best {st / 'finetune'} --history
-  Ray dashboard  {DASHBOARD}   jobs: {ns}.venv/bin/ray job list --address {DASHBOARD}
+  Ray dashboard  {DASHBOARD}   jobs: {ns}env RAY_AUTH_MODE=token .venv/bin/ray job list --address {DASHBOARD}
   logs           {paths.logs}/
   stop all       .venv/bin/madis down
 """)
@@ -379,16 +392,24 @@ MaDiS is up ({time.monotonic() - t0:.0f} s).
 
 
 def _kill_tree_matching(marker: str) -> int:
+    """End every process whose command line names ``marker`` (the cluster's temp dir), their
+    children, and, when there were any, the Ray client server of that cluster, which names
+    neither and outlives `ray start` as an orphan. Returns how many were ended."""
     import psutil
 
-    procs = []
+    procs, client = [], []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if marker in " ".join(p.info["cmdline"] or []):
-                # Ray's agents and client server do not name the temp dir: take the whole tree
+            cmdline = " ".join(p.info["cmdline"] or [])
+            if marker in cmdline:
+                # Ray's agents do not name the temp dir: take the whole tree
                 procs += [p, *p.children(recursive=True)]
+            elif "ray.util.client.server" in cmdline and f"--address={GCS_ADDRESS}" in cmdline:
+                client.append(p)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
+    if procs:
+        procs += client
     procs = list({p.pid: p for p in procs}.values())
     for p in procs:
         try:
@@ -412,7 +433,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         subprocess.run(["serve", "shutdown", "--address", DASHBOARD, "-y"], env=env,
                        capture_output=True, timeout=120)
     # by the cluster's own temp dir: `ray stop` would end every Ray cluster of this machine
-    n = _kill_tree_matching(RAY_TEMP)
+    n = _kill_tree_matching(paths.ray_temp)
     print(f"[madis] Ray cluster stopped ({n} processes)")
     pid_file = paths.state / "s3.pid"
     if pid_file.exists():
@@ -440,7 +461,11 @@ def add_parser(subparsers) -> None:
     up.add_argument("--quick", type=int, default=0, metavar="STEPS",
                     help="cut every training job to STEPS steps (a smoke test of the chain)")
     up.set_defaults(func=cmd_up)
-    down = subparsers.add_parser("down", help="stop what `madis up` started (Ray, Serve, S3)")
+    down = subparsers.add_parser(
+        "down", help="stop what `madis up` started (Ray, Serve, S3)",
+        description="Stop what `madis up` started from this checkout: Ray Serve, the local Ray "
+                    "cluster (found by its temp dir, so other Ray clusters of the machine stay "
+                    "up) and the local S3 server. Built shards and storage/ are kept.")
     down.set_defaults(func=cmd_down)
 
 

@@ -48,6 +48,7 @@ def main(argv=None) -> dict:
     report = {"checkpoint": result.checkpoint.url, "step": result.checkpoint.step,
               "val": evaluate_tokenizer(tokenizer, shards, "val")}
     tokens_url = args.tokens or f"{result.run_url}/tokens"
+    print(f"[madis] writing token shards of every split to {tokens_url}", flush=True)
     manifest = write_token_shards(tokenizer, shards, tokens_url, extra={"tokenizer_export": {
         "url": result.checkpoint.export_url, "step": result.checkpoint.step}})
     report["tokens"] = {"url": tokens_url,
