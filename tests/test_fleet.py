@@ -81,9 +81,10 @@ def test_registry_reader_and_ray_free_parts_import_no_ray():
 
 
 def test_fleet_config_sections_and_bad_values():
-    for profile in ("cpu-tiny", "paper"):
-        cfg = section(load_tree(profile), "fleet", FleetConfig)
-        assert cfg.metric == "siclip_s2t_R@1" and cfg.mode == "max" and cfg.needs_siclip
+    paper = section(load_tree("paper"), "fleet", FleetConfig)
+    assert paper.metric == "siclip_s2t_R@1" and paper.mode == "max" and paper.needs_siclip
+    tiny = section(load_tree("cpu-tiny"), "fleet", FleetConfig)
+    assert tiny.metric == "sibleu4_hands" and tiny.mode == "max" and not tiny.needs_siclip
     with pytest.raises(ConfigError, match="mode"):
         FleetConfig(mode="highest")
     with pytest.raises(ConfigError, match="samplers"):
@@ -112,6 +113,8 @@ def test_registry_round_trip_and_readers_never_see_a_partial_file(where, tmp_pat
     assert read_best(run) is None
     doc = record(run, _ok(10, r1=5.0), "r1", "max")
     assert read_best(run) == doc and doc["best"]["step"] == 10
+    if where == "local":  # readable like every other output, not mkstemp's 0600
+        assert (tmp_path / "run" / "best.json").stat().st_mode & 0o777 == 0o644
     # a reader polling while the writer replaces a large document sees whole documents only
     big = {"metric": "r1", "mode": "max", "best": None, "history": [],
            "pad": ["x" * 1000] * 2000}  # ~2 MB: a non-atomic writer would be caught mid-write

@@ -101,6 +101,7 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
         os.makedirs(parent, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=parent)
         try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would make best.json unlike every other output
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
