@@ -41,7 +41,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    from madis.data.storage import StorageError
+
+    try:
+        return int(args.func(args) or 0)
+    except StorageError as exn:  # its message says what is wrong; the traceback only hides it
+        if args.verbose:
+            raise
+        print(f"error: {exn}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -174,6 +174,17 @@ def test_bad_input_gets_a_json_4xx_and_service_keeps_serving(served, name, data,
     assert ok == 200, raw
 
 
+def test_wrong_method_and_path_get_the_error_shape(served):
+    for method, path, status, code in (("GET", "/generate", 405, "method_not_allowed"),
+                                       ("GET", "/nothing", 404, "not_found")):
+        conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+        conn.request(method, path)
+        res = conn.getresponse()
+        assert res.status == status
+        assert json.loads(res.read())["error"]["code"] == code
+        conn.close()
+
+
 def test_chunked_body_over_limit_is_cut_off(served):
     """No Content-Length to trust: the body is counted while it streams in."""
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)

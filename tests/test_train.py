@@ -137,7 +137,7 @@ def test_zero2_two_workers_loss_falls_on_fixed_batch_s3_storage(ray_local, s3_bu
     assert [c.step for c in list_checkpoints(result.run_url)] == [4, 8]
     losses = [v for _, v in _scalars(tmp_path / "tb" / "fixed", "train/loss")]
     assert len(losses) == 8 and losses[-1] < 0.6 * losses[0], losses
-    for tag in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/val_mse"):
+    for tag in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/mse"):
         assert _scalars(tmp_path / "tb" / "fixed", tag), tag
     lrs = [v for _, v in _scalars(tmp_path / "tb" / "fixed", "train/lr")]
     assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and max(lrs) <= cfg.lr  # cosine to 0

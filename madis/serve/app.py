@@ -30,6 +30,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
 from madis.config import from_dict, to_dict
@@ -72,6 +73,13 @@ async def _validation_error(_: Request, exn: RequestValidationError) -> JSONResp
     where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
                       for e in exn.errors())
     return _error(422, "bad_query", where or "invalid query parameters")
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exn: StarletteHTTPException) -> JSONResponse:
+    # routing's own refusals (404 unknown path, 405 wrong method) in the service's error shape
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    return _error(exn.status_code, codes.get(exn.status_code, "http_error"), str(exn.detail))
 
 
 @api.exception_handler(Exception)

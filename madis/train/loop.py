@@ -392,8 +392,9 @@ class _Worker:
             if checkpoint_now:
                 val = _evaluate(self.engine, self.task, self.rank, self.world, self.device)
                 if self.writer is not None:
-                    for k, v in val.items():
-                        self.writer.add_scalar(f"val/{k}", v, state.step)
+                    for k, v in val.items():  # val_loss -> val/loss (the metadata keeps val_loss)
+                        name = k[len("val_"):] if k.startswith("val_") else k
+                        self.writer.add_scalar(f"val/{name}", v, state.step)
                     self.writer.flush()
                 _save(self.engine, cfg, self.task, state, {**self.metrics, **val}, self.rank,
                       self.writer_dir, self.run_url)
