@@ -211,13 +211,20 @@ def main() -> None:
         "utc-all": (mdlm_t2t, dict(sampler="utc", logits_masked_only=True, text_kv_cache=True,
                                    drop_after_eos=True, stage_kv_cache=True)),
         "utc-all-exact": (mdlm_t2t, dict(sampler="utc", logits_masked_only=True, text_kv_cache=True)),
+        "+length-first": (mdlm, dict(plain, sampler="utc", length_first=True)),
+        "utc-length": (mdlm_t2t, dict(sampler="utc", logits_masked_only=True, text_kv_cache=True,
+                                      drop_after_eos=True, length_first=True)),
+        "utc-all+length": (mdlm_t2t, dict(sampler="utc", logits_masked_only=True,
+                                          text_kv_cache=True, drop_after_eos=True,
+                                          stage_kv_cache=True, length_first=True)),
     }
     if args.only:
         keep = {"ar", *args.only.split(",")}
         rows = {k: v for k, v in rows.items() if k in keep}
     # which exact decoding each output-changing row is compared against
     reference = {"+drop-eos": "utc-plain", "+stage-kv": "utc-plain", "utc-all": "utc-all-exact",
-                 "+text-kv": None}
+                 "+text-kv": None, "+length-first": "utc-plain", "utc-length": "utc-all-exact",
+                 "utc-all+length": "utc-all-exact"}
 
     big_words = corpus.pool
     big = [" ".join(ws) for ws in big_words]
