@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -218,8 +219,33 @@ def test_pretrain_corpus_build_and_tokenize(tmp_path, capsys):
     like = {s["key"]: s["tokens"] for s in iter_samples(tmp_path / "like", "train", shuffle=False, with_tokens=True)}
     again = list(iter_samples(tmp_path / "tokens", "train", shuffle=False, with_tokens=True))
     assert len(again) == 38 and all(np.array_equal(s["tokens"], like[s["key"]]) for s in again)
-    with pytest.raises(ValueError, match="records no tokenizer_export"):
-        main(["data", "tokenize", str(out), "--like", str(out), "--out", str(tmp_path / "x")])
+    capsys.readouterr()
+    assert main(["data", "tokenize", str(out), "--like", str(out), "--out", str(tmp_path / "x")]) == 2
+    assert "records no tokenizer_export" in capsys.readouterr().err
+    # never over its own source or --like, never over another set without --force
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["data", "tokenize", str(out), "--like", str(tmp_path / "like"), "--out", str(out),
+                 "--force"]) == 2
+    assert "would destroy it" in capsys.readouterr().err and sorted(p.name for p in out.iterdir()) == before
+    assert main(["data", "tokenize", str(out), "--like", str(tmp_path / "like"),
+                 "--out", str(tmp_path / "tokens")]) == 2
+    assert "--force" in capsys.readouterr().err
+    # a source shard that reads short: no partial token set, the old one left as it was
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    tar = sorted(broken.glob("train-*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 3])
+    kept = read_manifest(tmp_path / "tokens")
+    assert main(["data", "tokenize", str(broken), "--like", str(tmp_path / "like"),
+                 "--out", str(tmp_path / "tokens"), "--force"]) == 2
+    assert "refusing to write a partial token set" in capsys.readouterr().err
+    assert read_manifest(tmp_path / "tokens") == kept
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tokens")]  # no debris
+    # build-pretrain: K must be >= 1 and a different shard set is not replaced without --force
+    assert main(["data", "build-pretrain", "--out", str(out), "--words-per-language", "0"]) == 2
+    assert main(["data", "build-pretrain", "--out", str(tmp_path / "like"),
+                 "--words-per-language", "2"]) == 2
+    assert "holds another shard set" in capsys.readouterr().err
 
     tmp_path = out
     manifest = read_manifest(tmp_path)

@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
     z.add_argument("shards", metavar="SHARDS", help="motion shard root (dir or s3://)")
     z.add_argument("--like", required=True, help="token shard root written by the tokenizer job")
     z.add_argument("--out", required=True, help="token shard output (dir or s3://)")
+    z.add_argument("--force", action="store_true", help="replace a shard set already at --out")
     z.set_defaults(func=cmd_tokenize)
 
     k = sub.add_parser("build-soke", help="build 133-d SMPL-X shards from SOKE-layout datasets",
@@ -102,19 +103,44 @@ def cmd_build_pretrain(args: argparse.Namespace) -> int:
     from madis.data.sample import (PRETRAIN_WORDS_PER_LANGUAGE, build_pretrain_corpus,
                                    is_up_to_date, pretrain_fingerprint)
 
-    k = args.words_per_language or PRETRAIN_WORDS_PER_LANGUAGE
+    k = PRETRAIN_WORDS_PER_LANGUAGE if args.words_per_language is None else args.words_per_language
+    if k < 1:
+        print(f"error: --words-per-language must be >= 1, got {k}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     if not args.force and is_up_to_date(out, pretrain_fingerprint(per_language=k)):
         print(f"{out}/: pretraining corpus up to date (checksums verified)")
         return 0
+    if not args.force and _holds_other_shards(out, "pretrain-pseudo-words"):
+        print(f"error: {out} holds another shard set; pick another --out or pass --force to "
+              f"replace it", file=sys.stderr)
+        return 2
     m = build_pretrain_corpus(out, per_language=k)
     print(f"{out}/: built {m['splits']['train']['samples']} pseudo-words ({k} per sign language) "
           f"in {len(m['splits']['train']['shards'])} shards")
     return 0
 
 
+def _holds_other_shards(out: Path, corpus: str | None) -> bool:
+    """True when ``out`` has a shard manifest of something other than ``corpus`` (None: any)."""
+    import json
+
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return (out / "manifest.json").exists()
+    return corpus is None or (manifest.get("build") or {}).get("corpus") != corpus
+
+
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    from madis.data import storage
     from madis.tokenizer.token_shards import tokenize_like
+
+    if not args.force and not storage.is_s3(args.out) and _holds_other_shards(
+            storage.local_path(args.out), None):
+        print(f"error: {args.out} already holds a shard set; pass --force to replace it",
+              file=sys.stderr)
+        return 2
 
     m = tokenize_like(args.shards, args.like, args.out)
     print(f"{args.out}: " + ", ".join(f"{s} {v['samples']}" for s, v in m["splits"].items())

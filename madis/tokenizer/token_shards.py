@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -26,7 +29,7 @@ def as_sample(decoded: dict, tokens=None):
 
 def _tokenized(tokenizer: DecoupledTokenizer, src: str, split: str, batch_size: int,
                manifest: dict) -> Iterator:
-    from madis.data.shards import collate, iter_samples
+    from madis.data.shards import ReadStats, collate, iter_samples
 
     def flush(group):
         batch = collate(group)
@@ -37,11 +40,19 @@ def _tokenized(tokenizer: DecoupledTokenizer, src: str, split: str, batch_size: 
             yield as_sample(s, tokens[b, :n].numpy().astype("int16"))
 
     group: list[dict] = []
-    for s in iter_samples(src, split, shuffle=False, manifest=manifest):
+    stats, seen = ReadStats(), 0
+    for s in iter_samples(src, split, shuffle=False, manifest=manifest, stats=stats):
+        seen += 1
         group.append(s)
         if len(group) == batch_size:
             yield from flush(group)
             group = []
+    expected = manifest["splits"][split]["samples"]
+    if stats.corrupt_shards or stats.bad_samples or seen != expected:
+        # a token set quietly missing samples would pass for the whole split later
+        raise ValueError(f"{src} split {split!r}: read {seen} of {expected} samples "
+                         f"({stats.corrupt_shards} unreadable shards, {stats.bad_samples} bad "
+                         f"samples); refusing to write a partial token set")
     if group:
         yield from flush(group)
 
@@ -54,13 +65,17 @@ def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
     The output has the source's layout and manifest (same keys, texts, motion, validity, stats,
     provenance and licence) plus ``<key>.tokens.npy`` ``[T/4, 3]`` int16 per sample and
     ``"tokens": true``; ``extra`` is merged into the manifest (e.g. the tokenizer checkpoint).
-    ``out`` is a local directory or ``s3://...`` (written locally, then uploaded).
+    ``out`` is a local directory or ``s3://...`` (written locally, then uploaded). A local
+    ``out`` is written beside itself and swapped in only when complete, so a failure leaves
+    what was there.
 
     Returns:
         The written manifest.
 
     Raises:
-        ValueError: the tokenizer's motion format differs from the shards'.
+        ValueError: the tokenizer's motion format differs from the shards'; a source split
+            reads short (an unreadable shard or a bad sample: no partial token set is
+            written); ``out`` holds files that are not a shard set.
     """
     from madis.data import storage
     from madis.data.shards import read_manifest, write_shards
@@ -73,17 +88,38 @@ def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
     info = {"tokenizer": {"codebook_sizes": list(tokenizer.codebook_sizes),
                           "frames_per_token": FRAMES_PER_TOKEN}, "source_shards": str(src)}
     info.update(extra or {})
-    with tempfile.TemporaryDirectory(prefix="madis-tokens-") as tmp:
-        local = tmp if storage.is_s3(out) else str(storage.local_path(out))
-        written = write_shards(
+    def shards(local):
+        return write_shards(
             local,
             {split: _tokenized(tokenizer, src, split, batch_size, manifest)
              for split in manifest["splits"]},
             motion_format=manifest["format"], fps=manifest["fps"],
             provenance=manifest.get("provenance"), licence=manifest.get("licence"),
             extra=info)
-        if storage.is_s3(out):
-            storage.upload_dir(local, out)
+
+    if storage.is_s3(out):
+        with tempfile.TemporaryDirectory(prefix="madis-tokens-") as tmp:
+            written = shards(tmp)
+            storage.upload_dir(tmp, out)
+        return written
+    final = storage.local_path(out)
+    if final.exists() and any(final.iterdir()) and not (final / "manifest.json").exists():
+        raise ValueError(f"{final} holds files but no shard set: refusing to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # written beside the destination and swapped in whole: a failure leaves the old set intact
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        written = shards(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
     return written
 
 
@@ -103,6 +139,14 @@ def tokenize_like(src: str, like: str, out: str, *, batch_size: int = 32) -> dic
     from madis.data.shards import read_manifest
     from madis.tokenizer import DecoupledTokenizer
 
+    def norm(u: str) -> str:
+        from madis.data import storage
+
+        return str(u).rstrip("/") if storage.is_s3(u) else str(storage.local_path(u).resolve())
+
+    if norm(out) in (norm(src), norm(like)):
+        raise ValueError(f"--out {out} is the source or the --like shard set: writing there "
+                         "would destroy it")
     recorded = read_manifest(like).get("tokenizer_export")
     if not recorded or not recorded.get("url"):
         raise ValueError(f"{like} records no tokenizer_export: give token shards written by "
