@@ -41,15 +41,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    from madis.config import ConfigError
     from madis.data.storage import StorageError
 
     try:
         return int(args.func(args) or 0)
-    except StorageError as exn:  # its message says what is wrong; the traceback only hides it
+    except StorageError as exn:
         if args.verbose:
             raise
         print(f"error: {exn}", file=sys.stderr)
         return 1
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            ConfigError) as exn:
+        # bad input (a wrong split, path, value): the message says what to change; the
+        # traceback only hides it (-v shows it)
+        if args.verbose:
+            raise
+        msg = exn.args[0] if isinstance(exn, KeyError) and exn.args else exn
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

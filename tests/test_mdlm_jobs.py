@@ -257,6 +257,25 @@ def test_generate_cli_prints_tokens_and_writes_motion(token_sets, tmp_path, caps
     assert "dtw_jpe_body" in capsys.readouterr().out
     assert main(["generate", "A", "--split", "test", "--shards", token_sets["ase"]]) == 2
     assert main(["generate", "A"]) == 2
+    # a second --split run replaces the directory's predictions instead of mixing them in
+    np.save(tmp_path / "preds" / "stale.motion.npy", np.zeros((4, 165), np.float32))
+    assert main(["generate", "--split", "test", "--shards", token_sets["ase"], "--checkpoint",
+                 str(tmp_path / "ckpt"), "-o", str(tmp_path / "preds")]) == 0
+    assert sorted(load_predictions(tmp_path / "preds")[1]) == sorted(preds)
+    # refused before any decoding: a directory of other files, a file, bad values, empty text
+    ck = ["--checkpoint", str(tmp_path / "ckpt")]
+    capsys.readouterr()
+    assert main(["generate", "--split", "test", "--shards", token_sets["ase"], *ck,
+                 "-o", str(tmp_path / "gen")]) == 2
+    assert "holds other files" in capsys.readouterr().err
+    assert main(["generate", "A", "--lang", "ase", *ck, "-o", str(tmp_path / "gen" / "00_ase_A.tokens.npy")]) == 2
+    assert main(["generate", "A", "--lang", "ase", *ck, "--num-steps", "0"]) == 2
+    assert "num_steps must be >= 1" in capsys.readouterr().err
+    assert main(["generate", "A", "--lang", "ase", *ck, "--temperature", "-1"]) == 2
+    assert main(["generate", "  ", "--lang", "ase", *ck]) == 2
+    assert main(["generate", "--split", "nope", "--shards", token_sets["ase"], *ck,
+                 "-o", str(tmp_path / "p2")]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- real Ray

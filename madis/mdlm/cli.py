@@ -61,8 +61,13 @@ def default_checkpoint(args: argparse.Namespace) -> str:
 
 
 def file_stem(i: int, lang: str, text: str) -> str:
-    """``<i>_<lang>_<text>`` with characters other than ASCII letters, digits, '-' as '_'."""
-    safe = re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")[:40] or "text"
+    """``<i>_<lang>_<text>`` with characters other than ASCII letters, digits, '-' as '_'; a
+    text with none of those is named by a hash of it (``text-<8 hex>``), so that different
+    texts never share a file."""
+    import hashlib
+
+    safe = (re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")[:40]
+            or "text-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8])
     return f"{i:02d}_{re.sub(r'[^A-Za-z0-9-]+', '_', lang)}_{safe}"
 
 
@@ -73,8 +78,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from madis.mdlm.task import export_dir, load_generator
 
     if args.split or args.shards:
-        if not (args.split and args.shards) or args.texts:
-            print("error: --split and --shards go together, without TEXT arguments",
+        if not (args.split and args.shards) or args.texts or args.lang or args.gif:
+            print("error: --split and --shards go together, without TEXT, --lang or --gif",
                   file=sys.stderr)
             return 2
     elif not args.texts or not args.lang:
@@ -83,6 +88,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     langs = args.lang or []
     if len(langs) == 1:
         langs = langs * len(args.texts)
+    texts = [t.strip() for t in args.texts]
+    if any(not t for t in texts):
+        print("error: a TEXT is empty or only whitespace", file=sys.stderr)
+        return 2
+    dest = Path(args.out)
+    if dest.exists() and not dest.is_dir():
+        print(f"error: -o {dest} exists and is not a directory", file=sys.stderr)
+        return 2
+    if args.split and dest.exists() and any(dest.iterdir()):
+        from madis.metrics.predictions import PREDICTIONS_META
+
+        if not (dest / PREDICTIONS_META).exists():
+            print(f"error: -o {dest} holds other files; give an empty or new directory for "
+                  f"the predictions", file=sys.stderr)
+            return 2
     if not args.split and len(langs) != len(args.texts):
         print(f"error: {len(args.texts)} texts but {len(langs)} --lang values (give one, or one "
               f"per text)", file=sys.stderr)
@@ -100,16 +120,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     if args.split:
         return _generate_split(model, export, args, g)
-    out = model.generate(list(args.texts), langs, num_steps=args.num_steps, sampler=args.sampler,
+    out = model.generate(texts, langs, num_steps=args.num_steps, sampler=args.sampler,
                          temperature=args.temperature, generator=g)
     with torch.no_grad():
         motion = model.tokenizer.decode(out.tokens)
     fmt = model.tokenizer.motion_format
     fmt_name = fmt if isinstance(fmt, str) else fmt.name
-    dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
     print(f"checkpoint: {export}")
-    for i, (text, lang) in enumerate(zip(args.texts, langs)):
+    for i, (text, lang) in enumerate(zip(texts, langs)):
         n = int(out.lengths[i])
         tokens = out.tokens[i, :n].cpu().numpy()
         frames = motion[i, : 4 * n].cpu().numpy()
@@ -138,12 +157,24 @@ def _generate_split(model, export: str, args: argparse.Namespace, generator) -> 
     from madis.metrics.evaluation import load_references
     from madis.metrics.predictions import save_predictions
 
+    from madis.data import storage
+    from madis.metrics.predictions import PREDICTIONS_META
+
     fmt, refs = load_references(args.shards, args.split)
     preds, empty = predict_references(model, refs, num_steps=args.num_steps,
                                       sampler=args.sampler, temperature=args.temperature,
                                       generator=generator)
-    save_predictions(args.out, preds, fmt, checkpoint=export, references=args.shards,
-                     split=args.split)
+    dest = Path(args.out)
+    if dest.exists():  # a previous predictions directory: replaced, never mixed with this one
+        (dest / PREDICTIONS_META).unlink(missing_ok=True)
+        for f in dest.glob("*.npy"):
+            f.unlink()
+    refs_url = args.shards if storage.is_s3(args.shards) else str(Path(args.shards).resolve())
+    save_predictions(dest, preds, fmt, checkpoint=export, references=refs_url, split=args.split,
+                     sampler=args.sampler or model.cfg.sampler,
+                     num_steps=args.num_steps or model.cfg.num_steps,
+                     temperature=model.cfg.temperature if args.temperature is None
+                     else args.temperature, seed=args.seed)
     print(f"checkpoint: {export}\n{len(preds)} predictions of {args.shards} split {args.split} "
           f"({empty} empty) -> {args.out}\nscore them: madis eval {args.out} --references "
           f"{args.shards} --split {args.split}")

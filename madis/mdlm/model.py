@@ -242,12 +242,17 @@ class MaDiSModel(SignLanguageModel):
         Returns:
             :class:`~madis.mdlm.base.Generation` (tokens ``[B, N, 3]``, lengths ``[B]``).
         Raises:
-            ValueError: unknown sampler, or fewer steps than UTC stages.
+            ValueError: unknown sampler, num_steps < 1 or fewer steps than UTC stages, a
+                negative or NaN temperature.
         """
         cfg = self.cfg
         sampler = sampler or cfg.sampler
         if sampler not in ("utc", "vanilla"):
             raise ValueError(f"sampler must be utc or vanilla, got {sampler!r}")
+        if num_steps is not None and num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        if temperature is not None and not temperature >= 0:  # NaN fails too
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
         opts = _DecodeOptions(
             logits_masked_only=_pick(logits_masked_only, cfg.logits_masked_only),
             text_kv_cache=_pick(text_kv_cache, cfg.text_kv_cache) and not cfg.text_attends_sign,

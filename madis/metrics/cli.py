@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -37,6 +38,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from madis.motion.smplx133 import SMPLX133
 
         motion_format = SMPLX133(model_dir=args.smplx_model)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        print(f"error: --json {args.json}: its directory does not exist", file=sys.stderr)
+        return 2
     try:
         results = evaluate(args.predictions, args.references, split=args.split,
                            motion_format=motion_format, siclip=args.siclip,

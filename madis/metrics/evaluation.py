@@ -195,7 +195,7 @@ def evaluate(
     missing = [k for k in references if k not in predictions]
     if missing and require_all:
         raise ValueError(f"{len(missing)} of {len(references)} references have no prediction, "
-                         f"e.g. {missing[:5]} (require_all=False evaluates the predicted ones)")
+                         f"e.g. {missing[:5]} (`madis eval --partial`, require_all=False, evaluates the predicted ones)")
     keys = [k for k in references if k in predictions]
     gen = [np.asarray(predictions[k].motion) for k in keys]
     ref = [np.asarray(references[k].motion) for k in keys]

@@ -42,6 +42,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from madis.motion import get_format
     from madis.viz.render import render_motion
 
+    if args.fps is not None and not args.fps > 0:
+        print(f"error: --fps must be > 0, got {args.fps}", file=sys.stderr)
+        return 2
     try:
         motion = _load(args.motion)
         reference = _load(args.reference) if args.reference else None
