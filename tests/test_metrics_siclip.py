@@ -237,6 +237,12 @@ def test_backbone_text_encoder(tmp_path):
         SiCLIP(replace(cfg, text_layers=3), "keypoints")
     with pytest.raises(Exception, match="text_encoder must be bytes or backbone"):
         replace(cfg, text_encoder="bert")
+    with pytest.raises(FileNotFoundError, match="no local Qwen3 checkpoint"):  # not a hub id
+        SiCLIP(replace(cfg, text_backbone=str(tmp_path / "no" / "such")), "keypoints")
+    for bad in ({"dropout": 1.5}, {"text_layers": 2.5}, {"fine_grained_weight": float("nan")},
+                {"text_backbone": ""}):
+        with pytest.raises(Exception, match="siclip"):
+            replace(cfg, **bad)
 
 def test_bad_batches_raise_clear_errors():
     model = SiCLIP(TINY, "keypoints")

@@ -52,7 +52,15 @@ def pretrained_backbone(name_or_path: str, *, causal: bool, dtype: torch.dtype) 
 
     Raises:
         ValueError: the checkpoint is not a Qwen3 model.
+        FileNotFoundError: ``name_or_path`` is a local path (absolute, ``./``, ``../``, ``~``)
+            that does not exist (it would otherwise be taken for a hub id).
     """
+    import os
+
+    if name_or_path.startswith(("/", "./", "../", "~")) and not os.path.isdir(
+            os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(f"no local Qwen3 checkpoint at {name_or_path}: the directory "
+                                "does not exist")
     config = AutoConfig.from_pretrained(name_or_path)
     if config.model_type != "qwen3":
         raise ValueError(f"{name_or_path} is a {config.model_type!r} model, expected qwen3")

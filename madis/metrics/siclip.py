@@ -104,6 +104,16 @@ class SiCLIPConfig:
             raise ConfigError(f"siclip.text_encoder must be bytes or backbone, got {self.text_encoder!r}")
         if self.text_encoder == "backbone" and self.text_layers < 1:
             raise ConfigError("siclip.text_encoder=backbone needs text_layers >= 1")
+        if self.text_encoder == "backbone" and not self.text_backbone:
+            raise ConfigError("siclip.text_encoder=backbone needs text_backbone (a hub id or "
+                              "a local Qwen3 directory)")
+        for name in ("motion_layers", "text_layers"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ConfigError(f"siclip.{name} must be an integer, got {getattr(self, name)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"siclip.dropout must be in [0, 1), got {self.dropout}")
+        if not math.isfinite(self.fine_grained_weight):
+            raise ConfigError(f"siclip.fine_grained_weight must be finite, got {self.fine_grained_weight}")
         if self.motion_layers < 0 or self.text_layers < 0 or self.fine_grained_weight < 0:
             raise ConfigError("siclip layer counts and fine_grained_weight must be >= 0")
         if not (self.init_temperature > 0.0 and self.max_logit_scale > 1.0):
