@@ -255,6 +255,11 @@ def test_generate_cli_prints_tokens_and_writes_motion(token_sets, tmp_path, caps
     assert main(["eval", str(tmp_path / "preds"), "--references", token_sets["ase"],
                  "--split", "test"]) == 0
     assert "dtw_jpe_body" in capsys.readouterr().out
+    # motion-only references: SiBLEU tokenizes them with the predictions' own tokenizer
+    assert main(["eval", str(tmp_path / "preds"), "--references", token_sets["motion"],
+                 "--split", "test"]) == 0
+    got = capsys.readouterr()
+    assert "predictions' own tokenizer" in got.err and "sibleu4_body" in got.out
     assert main(["generate", "A", "--split", "test", "--shards", token_sets["ase"]]) == 2
     assert main(["generate", "A"]) == 2
     # a second --split run replaces the directory's predictions instead of mixing them in

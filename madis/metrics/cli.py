@@ -41,10 +41,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json and not Path(args.json).resolve().parent.is_dir():
         print(f"error: --json {args.json}: its directory does not exist", file=sys.stderr)
         return 2
+    tokenizer = _check_tokenizer(args.predictions, args.tokenizer)
     try:
         results = evaluate(args.predictions, args.references, split=args.split,
                            motion_format=motion_format, siclip=args.siclip,
-                           tokenizer=args.tokenizer, require_all=not args.partial)
+                           tokenizer=tokenizer, require_all=not args.partial)
     except (ValueError, KeyError, FileNotFoundError) as exn:
         print(f"madis eval: {exn}", file=sys.stderr)
         return 2
@@ -57,3 +58,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
     return 0
+
+
+def _check_tokenizer(predictions: str, given: str | None) -> str | None:
+    """The tokenizer that SiBLEU should tokenize references with: ``given``, else the copy in
+    the export that made the predictions (``predictions.json`` ``checkpoint``, as ``madis
+    generate`` records it). Warns when ``given`` is not that tokenizer: token ids of two
+    codebooks do not compare."""
+    import hashlib
+
+    try:
+        meta = json.loads((Path(predictions) / "predictions.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return given
+    made_with = Path(str(meta.get("checkpoint", ""))) / "tokenizer"
+    weights = made_with / "model.safetensors"
+    if not weights.is_file():
+        return given
+    if given is None:
+        print(f"references tokenized with the predictions' own tokenizer: {made_with}",
+              file=sys.stderr)
+        return str(made_with)
+    other = Path(given) / "model.safetensors"
+
+    def digest(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    if other.is_file() and digest(other) != digest(weights):
+        print(f"warning: --tokenizer {given} is not the tokenizer that made the predictions "
+              f"({made_with}); SiBLEU then compares ids of different codebooks", file=sys.stderr)
+    return given
