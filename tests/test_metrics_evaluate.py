@@ -118,6 +118,11 @@ def test_predictions_directory_roundtrip_and_errors(tmp_path):
     (tmp_path / "p" / "c.tokens.npy").write_bytes((tmp_path / "p" / "a.tokens.npy").read_bytes())
     with pytest.raises(ValueError, match="tokens without motion"):
         load_predictions(tmp_path / "p")
+    (tmp_path / "p" / "c.tokens.npy").unlink()
+    for bad in (_tokens(0).astype(np.float32), _tokens(0) - 100):  # not codebook indices
+        np.save(tmp_path / "p" / "a.tokens.npy", bad)
+        with pytest.raises(ValueError, match="codebook indices"):
+            load_predictions(tmp_path / "p")
 
 
 @pytest.fixture(scope="module")

@@ -148,6 +148,16 @@ def test_cli_inspect_build_and_upload(sample_root, capsys, s3_bucket):
     capsys.readouterr()
     assert main(["data", "inspect", f"{s3_bucket}/sample"]) == 0
     assert "[test] 76 samples (76 composed)" in capsys.readouterr().out
+    # a truncated shard: reported, and the exit status says so
+    import shutil
+
+    broken = sample_root.parent / "inspect-broken"
+    shutil.copytree(sample_root, broken)
+    tar = broken / "test-000000.tar"
+    tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 3])
+    assert main(["data", "inspect", str(broken)]) == 1
+    got = capsys.readouterr()
+    assert "unreadable shards or bad samples in test" in got.err
 
 
 def test_cli_roundtrip_through_its_own_local_s3_server(sample_root, capsys, s3_server):

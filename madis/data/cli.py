@@ -198,7 +198,13 @@ def summarize(url: str, out=None) -> dict:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    summarize(args.url)
+    result = summarize(args.url)
+    damaged = {k: v for k, v in result.items() if isinstance(v, dict)
+               and (v.get("skipped") or v.get("bad_samples"))}
+    if damaged:  # a shard set that reads short must not pass a scripted check
+        print("error: unreadable shards or bad samples in " + ", ".join(sorted(damaged)),
+              file=sys.stderr)
+        return 1
     return 0
 
 

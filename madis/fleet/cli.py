@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def add_parser(subparsers) -> None:
@@ -32,6 +33,9 @@ def cmd_best(args) -> int:
         print(json.dumps(doc, indent=1))
         return 0 if doc["best"] else 1
     if doc is None:
+        if "://" not in str(args.run) and not Path(args.run).is_dir():
+            print(f"madis best: no run directory {args.run}", file=sys.stderr)
+            return 2
         print(f"madis best: no {best_url(args.run)} yet: run ray_jobs/eval_fleet.py beside the "
               f"training job", file=sys.stderr)
         return 1

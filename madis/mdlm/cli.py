@@ -107,6 +107,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: {len(args.texts)} texts but {len(langs)} --lang values (give one, or one "
               f"per text)", file=sys.stderr)
         return 2
+    if args.checkpoint and "://" not in args.checkpoint and not Path(args.checkpoint).exists():
+        print(f"error: no checkpoint at {args.checkpoint}", file=sys.stderr)
+        return 2
     try:
         export = export_dir(args.checkpoint) if args.checkpoint else default_checkpoint(args)
     except (FileNotFoundError, ValueError) as exn:

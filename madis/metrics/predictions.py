@@ -108,9 +108,14 @@ def load_predictions(directory: str | Path) -> tuple[dict, dict[str, Prediction]
     for key in sorted(motions):
         try:
             motion = np.load(motions[key], allow_pickle=False)
-            tok = np.load(tokens[key], allow_pickle=False).astype(np.int64) if key in tokens else None
+            tok = np.load(tokens[key], allow_pickle=False) if key in tokens else None
         except (OSError, ValueError) as exn:
             raise ValueError(f"{d}: cannot read prediction {key!r}: {exn}") from exn
+        if tok is not None:
+            if not np.issubdtype(tok.dtype, np.integer) or (tok.size and tok.min() < 0):
+                raise ValueError(f"{d}: {key}.tokens.npy must hold codebook indices (integers "
+                                 f">= 0), got {tok.dtype} min {tok.min() if tok.size else '-'}")
+            tok = tok.astype(np.int64)
         pred = Prediction(motion, tok)
         _check(key, pred)
         out[key] = pred
