@@ -141,7 +141,9 @@ def test_madis_best_prints_the_registry(tmp_path, capsys):
     from madis.cli import main
 
     run = str(tmp_path / "run")
-    assert main(["best", run]) == 1 and "no " in capsys.readouterr().err
+    assert main(["best", run]) == 2 and "no run directory" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    assert main(["best", run]) == 1 and "best.json yet" in capsys.readouterr().err
     record(run, _ok(100, r1=10.0), "r1", "max")
     record(run, history_entry(200, f"{run}/checkpoint_00000200", error="corrupt export"),
            "r1", "max")
