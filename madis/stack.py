@@ -252,9 +252,15 @@ class Job:
 
 
 def run_job(name: str, script: str, args: list[str], paths: Paths, env: dict[str, str]) -> None:
-    job = Job(name, script, args, paths, env)
-    if job.wait() != 0:
-        raise SystemExit(f"job {name} failed; its whole log: {job.log_path}")
+    for _ in range(12):
+        job = Job(name, script, args, paths, env)
+        if job.wait() == 0:
+            return
+        # right after `ray start` the dashboard may answer before the head's job agent exists
+        if not any("No available agent" in line for line in job.lines):
+            break
+        time.sleep(5)
+    raise SystemExit(f"job {name} failed; its whole log: {job.log_path}")
 
 
 def wait_http(url: str, timeout_s: float) -> bool:

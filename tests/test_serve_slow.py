@@ -70,12 +70,16 @@ def test_job_submitted_app_keeps_serving_after_the_job_ends(ray_head, tmp_path):
     address, env = ray_head
     exports = write_run(tmp_path, steps=(10,))
     port = free_port()
-    submit = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
-         "--working-dir", str(REPO), "--", "python", "ray_jobs/serve.py",
-         "--checkpoint", str(tmp_path / "finetune" / "checkpoint_00000010"), "--port", str(port),
-         "serve.replica_cpus=0.5", "serve.max_replicas=1"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    for _ in range(12):  # the dashboard answers before the head's job agent has registered
+        submit = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address,
+             "--working-dir", str(REPO), "--", "python", "ray_jobs/serve.py",
+             "--checkpoint", str(tmp_path / "finetune" / "checkpoint_00000010"), "--port",
+             str(port), "serve.replica_cpus=0.5", "serve.max_replicas=1"],
+            env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in submit.stdout + submit.stderr:
+            break
+        time.sleep(5)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "succeeded" in submit.stdout.lower()
     url = f"http://127.0.0.1:{port}/"
