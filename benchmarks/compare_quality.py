@@ -88,14 +88,6 @@ def length_bias(predictions: dict, references: dict) -> float:
                           for k, r in references.items()]))
 
 
-def model_predictions(model, references: dict, batch_size: int = 64) -> tuple[dict, int]:
-    """The model's generations of every reference text, decoded to motion (its own decoding
-    defaults): :func:`madis.mdlm.predict.predict_references`."""
-    from madis.mdlm.predict import predict_references
-
-    return predict_references(model, references, batch_size)
-
-
 def score(predictions: dict, references: dict, motion_format: str) -> dict[str, float]:
     """The table's metrics of one row (``evaluate`` plus token accuracy)."""
     from madis.metrics import evaluate
@@ -186,6 +178,7 @@ def main(argv=None) -> dict:
     from madis.data import storage as st
     from madis.data.s3server import LocalS3Server
     from madis.data.sample import PRETRAIN_WORDS_PER_LANGUAGE, build_sample_corpus, is_up_to_date
+    from madis.mdlm.predict import predict_references
     from madis.mdlm.task import load_generator
     from madis.train import train_config
 
@@ -240,7 +233,7 @@ def main(argv=None) -> dict:
         rows, empties, lengths = {}, {}, {}
         for name, rep in trained.items():
             model = load_generator(rep["export"])
-            preds, empties[name] = model_predictions(model, refs)
+            preds, empties[name] = predict_references(model, refs)
             rows[name] = score(preds, refs, fmt)
             lengths[name] = length_bias(preds, refs)
         for name, preds in rows_pred.items():

@@ -397,17 +397,18 @@ MaDiS is up ({time.monotonic() - t0:.0f} s).
     return 0
 
 
-def _kill_tree_matching(marker: str) -> int:
-    """End every process whose command line names ``marker`` (the cluster's temp dir), their
-    children, and, when there were any, the Ray client server of that cluster, which names
-    neither and outlives `ray start` as an orphan. Returns how many were ended."""
+def stop_ray_cluster(temp_dir: str) -> int:
+    """End the Ray cluster started with ``--temp-dir temp_dir``: every process whose command
+    line names it, their children, and, when there were any, that cluster's client server,
+    which names neither and outlives `ray start` as an orphan (never `ray stop`: it ends every
+    cluster of the machine). Returns how many processes were ended."""
     import psutil
 
     procs, client = [], []
     for p in psutil.process_iter(["cmdline"]):
         try:
             cmdline = " ".join(p.info["cmdline"] or [])
-            if marker in cmdline:
+            if temp_dir in cmdline:
                 # Ray's agents do not name the temp dir: take the whole tree
                 procs += [p, *p.children(recursive=True)]
             elif "ray.util.client.server" in cmdline and f"--address={GCS_ADDRESS}" in cmdline:
@@ -439,7 +440,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         subprocess.run(["serve", "shutdown", "--address", DASHBOARD, "-y"], env=env,
                        capture_output=True, timeout=120)
     # by the cluster's own temp dir: `ray stop` would end every Ray cluster of this machine
-    n = _kill_tree_matching(paths.ray_temp)
+    n = stop_ray_cluster(paths.ray_temp)
     print(f"[madis] Ray cluster stopped ({n} processes)")
     pid_file = paths.state / "s3.pid"
     if pid_file.exists():

@@ -17,34 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from madis.stack import stop_ray_cluster
 from tests.conftest import REPO, require_loopback
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def _stop_cluster(temp_dir: str) -> None:
-    """End the processes of the cluster started with ``--temp-dir temp_dir`` (by their ids: a
-    plain ``ray stop`` would end every Ray cluster of this machine)."""
-    import psutil
-
-    procs = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if temp_dir in " ".join(p.info["cmdline"] or []):
-                procs += [p, *p.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=15)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def _run(cmd, env, timeout=900) -> str:
@@ -89,7 +65,7 @@ def test_ray_job_submit_tokenizer_pretrain_finetune_then_generate(tmp_path):
             _run([*submit, "ray_jobs/finetune.py", "--shards", "s3://sample/tokens", "--steps",
                   "20", *common], env)
         finally:
-            _stop_cluster(temp_dir)
+            stop_ray_cluster(temp_dir)  # not `ray stop`: it ends every cluster of the machine
             for k, v in old.items():
                 if v is None:
                     os.environ.pop(k, None)

@@ -123,12 +123,14 @@ def cmd_build_pretrain(args: argparse.Namespace) -> int:
 
 def _holds_other_shards(out: Path, corpus: str | None) -> bool:
     """True when ``out`` has a shard manifest of something other than ``corpus`` (None: any)."""
-    import json
+    from madis.data.shards import read_manifest
 
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return (out / "manifest.json").exists()
+        manifest = read_manifest(str(out))
+    except FileNotFoundError:
+        return False
+    except ValueError:  # an unreadable manifest still marks a shard set
+        return True
     return corpus is None or (manifest.get("build") or {}).get("corpus") != corpus
 
 
