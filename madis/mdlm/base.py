@@ -81,8 +81,8 @@ class SignLanguageModel(nn.Module):
         cfg: the ``model`` section.
         tokenizer: a ``DecoupledTokenizer`` (codebooks, sizes, frozen decoders). It is held
             outside the module tree: its weights are neither trained nor saved with the model,
-            but ``.to()`` moves it along. May be None when ``codebook_sizes``/``code_dims`` are
-            given (e.g. loading for token generation only).
+            but ``.to()`` moves it along (keeping it fp32, see :meth:`_apply`). May be None when
+            ``codebook_sizes``/``code_dims`` are given (e.g. loading for token generation only).
         codebook_sizes, code_dims: needed without a tokenizer.
     Raises:
         ValueError: neither a tokenizer nor the sizes, or a text tokenizer larger than the
@@ -148,10 +148,30 @@ class SignLanguageModel(nn.Module):
         object.__setattr__(self, "tokenizer", tokenizer)
 
     def _apply(self, fn, recurse: bool = True):
-        # .to()/.cuda()/.half() reach the tokenizer too, although it is not a submodule
+        """``.to()``, ``.cuda()``, ``.half()``, ``.bfloat16()``: parameters take the new device and
+        dtype; floating buffers (RoPE's ``inv_freq``, the frozen codebook copies) and the motion
+        tokenizer (not a submodule: decoders, codebooks, z-score statistics) take the new device
+        only and keep their dtype (fp32).
+
+        Why: a bf16 ``inv_freq`` puts RoPE's angles up to 0.26 rad off at position 229 (Qwen3's
+        theta, head_dim 128), and a bf16 tokenizer would blur the latent targets and the decoded
+        motion of the physical loss. DeepSpeed's own bf16 cast leaves buffers alone too
+        (``_cast_module_mixed_precision``, 0.19.8).
+        """
+        buffers = {id(b) for b in self.buffers()}
+
+        def same_dtype(t: torch.Tensor) -> torch.Tensor:
+            out = fn(t)
+            if out.dtype != t.dtype:  # a cast: keep the value, follow the device
+                return t.to(out.device)
+            return out
+
+        def params_follow(t: torch.Tensor) -> torch.Tensor:
+            return same_dtype(t) if id(t) in buffers else fn(t)
+
         if self.tokenizer is not None:
-            self.tokenizer._apply(fn, recurse)
-        return super()._apply(fn, recurse)
+            self.tokenizer._apply(same_dtype, recurse)
+        return super()._apply(params_follow, recurse)
 
     @property
     def device(self) -> torch.device:

@@ -127,6 +127,14 @@ def total_steps(cfg: TrainConfig, task: Task, world_size: int) -> int:
     return cfg.epochs * per_epoch
 
 
+def set_matmul_precision(cfg: TrainConfig) -> None:
+    """TF32 for fp32 matrix products and convolutions in a GPU job (``cfg.tf32``); CPU jobs and
+    ``tf32=false`` leave torch's defaults (full fp32)."""
+    if cfg.use_gpu and cfg.tf32:
+        torch.set_float32_matmul_precision("high")
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def _dist():
     return torch.distributed
 
@@ -292,6 +300,7 @@ class _Worker:
         self.task, self.cfg, self.run_url = task, cfg, run_url
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        set_matmul_precision(cfg)
         if cfg.use_gpu:
             self.device = torch.device("cuda", ctx.get_local_rank())
             torch.cuda.set_device(self.device)
