@@ -24,7 +24,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "masking": ("sample_mask_ratio", "uniform_mask", "utc_index_mask", "utc_stage_of_positions",
                 "utc_strides"),
     "model": ("MaDiSModel",),
-    "sampling": ("llada_schedule", "num_orders_utc", "num_orders_vanilla", "split_steps",
+    "sampling": ("check_pins", "llada_schedule", "num_orders_utc", "num_orders_vanilla", "split_steps",
                  "truncate_at_eos", "unmask", "utc_schedule"),
     "text": ("ByteTokenizer", "HFTextTokenizer", "format_prompt"),
     "vocab": ("SignVocab",),

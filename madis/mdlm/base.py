@@ -66,12 +66,15 @@ class Generation:
         lengths: ``[B]`` int64, sign positions kept (4 frames each).
         gates: ``[B, N, 3]`` MoP gate weights of the final tokens (paper Figure 7), or None.
         trace: masked state ``[B, N]`` after every step (``record=True``), else empty.
+        steps_used: ``[B]`` int64, unmasking steps that decided some of the row's positions
+            (None for the autoregressive baseline).
     """
 
     tokens: torch.Tensor
     lengths: torch.Tensor
     gates: torch.Tensor | None = None
     trace: list | None = None
+    steps_used: torch.Tensor | None = None
 
 
 class SignLanguageModel(nn.Module):

@@ -69,6 +69,12 @@ class ModelConfig:
         stage_kv_cache: approximate cache: at the start of each UTC stage compute every
             position once and, within the stage, recompute only the stage's own positions
             against the cached keys/values of the others (changes outputs).
+        threshold: confidence-threshold decoding (Fast-dLLM style, inside UTC's stages): each
+            step also commits every position of the stage whose confidence (geometric mean of
+            its parts' probabilities) is at least this; ``null`` (default): the paper's fixed
+            schedule (changes outputs; see :func:`madis.mdlm.sampling.unmask`).
+        threshold_floor: least a threshold step commits: ``schedule`` (the fixed schedule's
+            count for what is left: at most K steps) or ``one`` (Fast-dLLM's at least one).
         ar_embed_weights: the autoregressive baseline's (body, lhand, rhand) embedding average
             (SOKE: 0.2, 0.4, 0.4).
     """
@@ -111,6 +117,8 @@ class ModelConfig:
     drop_after_eos: bool = False
     length_first: bool = False
     stage_kv_cache: bool = False
+    threshold: float | None = None
+    threshold_floor: str = "schedule"
     ar_embed_weights: tuple[float, float, float] = (0.2, 0.4, 0.4)
 
     def __post_init__(self) -> None:
@@ -120,6 +128,11 @@ class ModelConfig:
             raise ConfigError(f"model.embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"model.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.threshold is not None and not float(self.threshold) > 0:
+            raise ConfigError(f"model.threshold must be > 0 or null, got {self.threshold}")
+        if self.threshold_floor not in ("schedule", "one"):
+            raise ConfigError(f"model.threshold_floor must be schedule or one, got "
+                              f"{self.threshold_floor!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.text_tokenizer not in ("auto", "bytes"):

@@ -7,8 +7,9 @@ no t input (RADD, SPEC eq. 2): it predicts masked tokens from the unmasked ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from madis.mdlm.masking import (
     utc_index_mask,
     utc_stage_of_positions,
 )
-from madis.mdlm.sampling import truncate_at_eos, unmask
+from madis.mdlm.sampling import check_pins, truncate_at_eos, unmask
 from madis.motion.base import PARTS, get_format
 
 STAGES = ("pretrain", "finetune")
@@ -231,19 +232,33 @@ class MaDiSModel(SignLanguageModel):
                  temperature: float | None = None, generator: torch.Generator | None = None,
                  logits_masked_only: bool | None = None, text_kv_cache: bool | None = None,
                  drop_after_eos: bool | None = None, stage_kv_cache: bool | None = None,
-                 length_first: bool | None = None, return_gates: bool = False, record: bool = False) -> Generation:
+                 length_first: bool | None = None, return_gates: bool = False, record: bool = False,
+                 pins: torch.Tensor | None = None, threshold: float | None = None,
+                 threshold_floor: str | None = None,
+                 on_stage_end: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 ) -> Generation:
         """Text -> sign tokens by the reverse process (SPEC eq. 2) with UTC or vanilla
         unmasking; multi-head decoding; everything from the first [EOS] on is discarded.
 
         Unset keyword arguments take the config's decoding defaults (``sampler``,
-        ``num_steps`` K, ``temperature``, and the speed-up switches, see
+        ``num_steps`` K, ``temperature``, ``threshold``, and the speed-up switches, see
         :class:`~madis.mdlm.config.ModelConfig`).
 
+        Args:
+            pins: ``[B, N', 3]`` int (N' <= N), -1 where free: tokens kept as given, the rest
+                generated around them (:func:`~madis.mdlm.sampling.unmask`; body ``K_B`` pins
+                ``[EOS]``).
+            threshold: confidence-threshold decoding inside UTC stages (``model.threshold``;
+                pass ``float("inf")`` to force the fixed schedule over a config threshold).
+            on_stage_end: ``(stage, tokens [B, N, 3], masked [B, N])`` after each UTC stage, in
+                head space (streamed coarse-to-fine decoding).
         Returns:
-            :class:`~madis.mdlm.base.Generation` (tokens ``[B, N, 3]``, lengths ``[B]``).
+            :class:`~madis.mdlm.base.Generation` (tokens ``[B, N, 3]``, lengths ``[B]``,
+            ``steps_used`` ``[B]``).
         Raises:
             ValueError: unknown sampler, num_steps < 1 or fewer steps than UTC stages, a
-                negative or NaN temperature.
+                negative or NaN temperature, a bad threshold, pins that break
+                :func:`~madis.mdlm.sampling.check_pins` or are longer than N.
         """
         cfg = self.cfg
         sampler = sampler or cfg.sampler
@@ -260,6 +275,11 @@ class MaDiSModel(SignLanguageModel):
             stage_kv_cache=_pick(stage_kv_cache, cfg.stage_kv_cache),
         )
         checkpoints = cfg.utc_checkpoints if sampler == "utc" else []
+        threshold = cfg.threshold if threshold is None else threshold
+        if threshold is not None and math.isinf(threshold):
+            threshold = None
+        if pins is not None:
+            pins = self._full_pins(pins, len(texts))
         was_training = self.training
         self.eval()
         try:
@@ -271,12 +291,25 @@ class MaDiSModel(SignLanguageModel):
                 temperature=cfg.temperature if temperature is None else temperature,
                 generator=generator, drop_after_eos=opts.drop_after_eos,
                 length_first=_pick(length_first, cfg.length_first), device=self.device,
-                on_stage_start=dec.stage_start if opts.stage_kv_cache else None, record=record)
+                on_stage_start=dec.stage_start if opts.stage_kv_cache else None, record=record,
+                on_stage_end=on_stage_end, pins=pins, threshold=threshold,
+                threshold_floor=threshold_floor or cfg.threshold_floor)
             codes, lengths = truncate_at_eos(out.tokens, self.codebook_sizes[0])
             gates = self.mop_gates(codes) if return_gates else None
         finally:
             self.train(was_training)
-        return Generation(codes, lengths, gates, out.trace)
+        return Generation(codes, lengths, gates, out.trace, out.steps)
+
+    def _full_pins(self, pins: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``[B, N', 3]`` pins checked and padded with -1 (free) to ``[B, N, 3]``."""
+        n = self.cfg.num_positions
+        pins = torch.as_tensor(pins, dtype=torch.long, device=self.device)
+        if pins.ndim != 3 or pins.shape[0] != batch_size or pins.shape[2] != 3:
+            raise ValueError(f"pins must be [{batch_size}, <= {n}, 3], got {tuple(pins.shape)}")
+        if pins.shape[1] > n:
+            raise ValueError(f"pins cover {pins.shape[1]} positions; the model has N = {n}")
+        check_pins(pins, self.codebook_sizes)
+        return torch.cat([pins, pins.new_full((batch_size, n - pins.shape[1], 3), -1)], 1)
 
 
 def _pick(value: bool | None, default: bool) -> bool:

@@ -105,10 +105,13 @@ class SamplerOutput:
     Attributes:
         tokens: ``[B, N, 3]`` head-space tokens, every position decided.
         trace: masked-state ``[B, N]`` after every step when ``record=True`` (else empty).
+        steps: ``[B]`` int64, unmasking steps that committed at least one of the row's
+            positions (the row's ``steps_used``; K or fewer with the fixed schedule).
     """
 
     tokens: torch.Tensor
     trace: list[torch.Tensor]
+    steps: torch.Tensor | None = None
 
 
 def pick_tokens(logits: torch.Tensor, temperature: float,
@@ -125,12 +128,82 @@ def pick_tokens(logits: torch.Tensor, temperature: float,
     return choice, logp.gather(-1, choice[:, None])[:, 0]
 
 
+#: ``threshold_floor`` values of :func:`unmask`
+THRESHOLD_FLOORS = ("schedule", "one")
+
+
+def check_pins(pins: torch.Tensor, codebook_sizes: Sequence[int]) -> None:
+    """Check pinned tokens (see :func:`unmask`).
+
+    Args:
+        pins: ``[B, N, 3]`` int; -1 = not pinned, else a code of the part's codebook, and in
+            the body column ``K_B`` = ``[EOS]`` (the sequence ends there).
+        codebook_sizes: ``(K_B, K_L, K_R)``.
+    Raises:
+        ValueError: wrong shape, an id outside its part's codebook (``[PAD]`` included), or a
+            pin at or after a pinned ``[EOS]`` (nothing follows the end; the hands of the
+            ``[EOS]`` position are not tokens).
+    """
+    if pins.ndim != 3 or pins.shape[-1] != 3:
+        raise ValueError(f"pins must be [B, N, 3], got {tuple(pins.shape)}")
+    names = ("body", "lhand", "rhand")
+    for p, k in enumerate(codebook_sizes):
+        top = k + 1 if p == 0 else k  # body: [EOS] too
+        bad = (pins[..., p] < -1) | (pins[..., p] >= top)
+        if bad.any():
+            b, i = bad.nonzero()[0].tolist()
+            raise ValueError(f"pinned {names[p]} id {int(pins[b, i, p])} at position {i} is "
+                             f"outside the codebook [0, {k})")
+    kb = codebook_sizes[0]
+    n = pins.shape[1]
+    pos = torch.arange(n, device=pins.device)
+    eos_at = torch.where(pins[..., 0] == kb, pos, n).min(1).values  # b
+    pinned = pins >= 0
+    pinned[..., 0] &= pins[..., 0] != kb
+    late = pinned.any(-1) & (pos[None, :] >= eos_at[:, None])
+    if late.any():
+        b, i = late.nonzero()[0].tolist()
+        raise ValueError(f"a pin at position {i} is at or after the pinned [EOS] at position "
+                         f"{int(eos_at[b])}")
+
+
+def pinned_state(pins: torch.Tensor, body_classes: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sampler's start from pinned tokens (checked by :func:`check_pins`).
+
+    Returns:
+        (tokens ``[B, N, 3]``, masked ``[B, N]``, fixed ``[B, N, 3]`` -- the pinned parts --,
+        barred ``[B, N]`` -- positions where the body may not be ``[EOS]``/``[PAD]``, every
+        position up to the last pinned one or before a pinned ``[EOS]`` --, end ``[B]`` -- the
+        pinned ``[EOS]`` position, -1 where none).
+        A position with all three parts pinned starts committed, and so do a pinned ``[EOS]``
+        and the ``[PAD]`` positions after it; a partly pinned position starts masked.
+    """
+    eos = body_classes - 2
+    n = pins.shape[1]
+    pos = torch.arange(n, device=pins.device)
+    fixed = pins >= 0
+    is_eos = pins[..., 0] == eos
+    end = torch.where(is_eos, pos, n).min(1).values  # b
+    after = pos[None, :] > end[:, None]
+    tokens = pins.clamp(min=0)
+    tokens[..., 0] = torch.where(after, eos + 1, tokens[..., 0])
+    fixed = fixed | (after | is_eos)[..., None]
+    masked = ~fixed.all(-1)
+    last = torch.where(fixed.any(-1) & ~(after | is_eos), pos, -1).max(1).values  # b
+    limit = torch.where(end < n, end, last + 1)
+    barred = pos[None, :] < limit[:, None]
+    return tokens, masked, fixed, barred, torch.where(end < n, end, -1)
+
+
 def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: int,
            checkpoints: Sequence[float], *, body_classes: int, temperature: float = 0.0,
            generator: torch.Generator | None = None, drop_after_eos: bool = False,
            length_first: bool = False, device: torch.device | str | None = None,
            on_stage_start: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-           record: bool = False) -> SamplerOutput:
+           on_stage_end: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+           pins: torch.Tensor | None = None, threshold: float | None = None,
+           threshold_floor: str = "schedule", record: bool = False) -> SamplerOutput:
     """Confidence-based unmasking with temporal checkpoints (paper 3.3.1; LLaDA's
     ``generate`` with ``remasking='low_confidence'``).
 
@@ -154,49 +227,119 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
             The paper's rule (off) ends the sequence at the first special token committed
             anywhere, which the minimum over many uncertain positions biases short.
         on_stage_start: called as ``(stage, tokens, masked)`` before each stage's first step.
+        on_stage_end: called as ``(stage, tokens, masked)`` after each stage's last step (the
+            coarse-to-fine checkpoints a stream shows; docs/decoding.md).
+        pins: ``[B, N, 3]`` int, -1 where free (infilling and editing, docs/decoding.md;
+            :func:`check_pins` gives the rules). The MoP layer embeds a position from its
+            three tokens at once, so a position is masked or unmasked as a whole: a position
+            with every part pinned starts committed; a partly pinned one stays ``[M]`` until
+            the schedule decides it, and then its pinned parts are kept and only its free parts
+            are chosen (its confidence is the mean over its free parts). ``[EOS]``/``[PAD]``
+            are barred up to the last pinned position (a pin is never cut off), and a pinned
+            ``[EOS]`` fixes the length (also under ``length_first``). Each stage spreads its
+            own still-masked positions over its steps (per row, LLaDA's schedule).
+        threshold: confidence-threshold decoding (Fast-dLLM's parallel decoding, inside UTC's
+            stages): a step also commits every queried position whose confidence passes
+            ``log(threshold)``, i.e. the geometric mean of its parts' probabilities is at least
+            ``threshold`` (a probability in (0, 1]); stage boundaries are kept. None: the fixed
+            schedule.
+        threshold_floor: the least a threshold step commits: ``"schedule"`` -- LLaDA's count
+            for the stage's remaining positions over its remaining steps, so a stage never
+            takes more steps than its fixed share and the steps used are at most K (a threshold
+            above 1 gives the fixed schedule exactly) -- or ``"one"`` (Fast-dLLM: at least one
+            position per step; a stage runs until it is decided, up to one step per position).
         record: keep the masked state after every step in ``trace``.
     Returns:
         :class:`SamplerOutput`; tokens of positions after the first ``[EOS]`` are meaningless,
         use :func:`truncate_at_eos`.
+    Raises:
+        ValueError: ``threshold`` outside (0, inf) or an unknown ``threshold_floor``.
     """
+    if threshold is not None and not threshold > 0:
+        raise ValueError(f"threshold must be > 0 (a probability; > 1 never passes), got {threshold}")
+    if threshold_floor not in THRESHOLD_FLOORS:
+        raise ValueError(f"threshold_floor must be one of {THRESHOLD_FLOORS}, got {threshold_floor!r}")
     eos = body_classes - 2
     stage_of = utc_stage_of_positions(num_positions, checkpoints, device)  # n
     tokens = torch.zeros(batch_size, num_positions, 3, dtype=torch.long, device=device)
     masked = torch.ones(batch_size, num_positions, dtype=torch.bool, device=device)
     pos = torch.arange(num_positions, device=device)
+    steps_used = torch.zeros(batch_size, dtype=torch.long, device=device)
     trace: list[torch.Tensor] = []
+    fixed = barred = None
+    if pins is not None:
+        pins = pins.to(device)
+        tokens, masked, fixed, barred, pinned_end = pinned_state(pins, body_classes)
+        pins = tokens.clone()
     if length_first:
         body = predict(tokens, masked, masked)[0].float()
         p_special = torch.softmax(body, -1)[:, eos:].sum(-1).view(batch_size, num_positions)
         length = (1.0 - p_special).sum(1).round().long().clamp(1, num_positions)  # b
+        if pins is not None:  # never before a pin; exactly at a pinned [EOS]
+            length = torch.where(pinned_end >= 0, pinned_end, torch.maximum(length, barred.sum(1)))
         after = pos[None, :] - length[:, None]  # b, n
         tokens[..., 0] = torch.where(after == 0, eos, torch.where(after > 0, eos + 1, 0))
         masked = after < 0
+        if pins is not None:
+            tokens = torch.where(fixed & (after < 0)[..., None], pins, tokens)
+            masked &= ~fixed.all(-1)
+    # the fixed schedule as before, unless pins or a threshold make the counts per row
+    dynamic = pins is not None or threshold is not None
+    log_thr = math.log(threshold) if threshold is not None else None
     for stage, counts in enumerate(utc_schedule(num_positions, num_steps, checkpoints)):
         in_stage = (stage_of == stage)[None, :]  # 1, n
         if on_stage_start is not None:
             on_stage_start(stage, tokens, masked)
-        for k in counts:
+        budget = len(counts)
+        if threshold is not None and threshold_floor == "one":
+            budget = int(in_stage.sum())
+        for j in range(budget):
             query = masked & in_stage  # b, n
+            k = counts[j] if not dynamic else None
             if k == 0 or not query.any():
+                if dynamic:
+                    break
                 if record:
                     trace.append(masked.clone())
                 continue
             logits = predict(tokens, masked, query)
-            if length_first:  # every queried position lies before the decided end
+            if length_first or barred is not None:  # no special class before a decided end
+                bar = torch.ones(int(query.sum()), dtype=torch.bool, device=query.device) \
+                    if length_first else barred[query]
                 body = logits[0].clone()
-                body[:, eos:] = -math.inf
+                body[:, eos:] = body[:, eos:].masked_fill(bar[:, None], -math.inf)
                 logits = (body, *logits[1:])
             picks = [pick_tokens(lg, temperature, generator) for lg in logits]
             choice = torch.stack([c for c, _ in picks], -1)  # q, 3
-            conf_q = torch.stack([lp for _, lp in picks], -1).mean(-1)  # q
+            logp = torch.stack([lp for _, lp in picks], -1)  # q, 3
+            if fixed is None:
+                conf_q = logp.mean(-1)  # q
+            else:  # a partly pinned position: its pinned parts are given, not chosen
+                free = ~fixed[query]
+                choice = torch.where(free, choice, pins[query])
+                conf_q = (logp * free).sum(-1) / free.sum(-1).clamp(min=1)
             conf = torch.full(masked.shape, -math.inf, device=masked.device)
             conf[query] = conf_q
             proposal = tokens.clone()
             proposal[query] = choice
-            top = conf.topk(min(k, num_positions), dim=1)  # b, k
-            commit = torch.zeros_like(masked)
-            commit.scatter_(1, top.indices, top.values > -math.inf)
+            if not dynamic:
+                top = conf.topk(min(k, num_positions), dim=1)  # b, k
+                commit = torch.zeros_like(masked)
+                commit.scatter_(1, top.indices, top.values > -math.inf)
+            else:
+                left = query.sum(1)  # b
+                if threshold is not None and threshold_floor == "one":
+                    k_rows = (left > 0).long()
+                else:  # LLaDA's count for what is left: ceil(left / steps left)
+                    k_rows = -(-left // (budget - j))
+                if log_thr is not None:
+                    k_rows = torch.maximum(k_rows, (conf >= log_thr).sum(1))
+                # topk as the fixed schedule takes it: with the same counts, the same picks
+                top = conf.topk(int(k_rows.max().clamp(min=1)), dim=1)  # b, k
+                take = (top.values > -math.inf) & (pos[None, : top.indices.shape[1]] < k_rows[:, None])
+                commit = torch.zeros_like(masked)
+                commit.scatter_(1, top.indices, take)
+            steps_used += commit.any(1)
             tokens = torch.where(commit[..., None], proposal, tokens)
             masked = masked & ~commit
             if drop_after_eos:
@@ -207,7 +350,9 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
                 masked = masked & ~after
             if record:
                 trace.append(masked.clone())
-    return SamplerOutput(tokens, trace)
+        if on_stage_end is not None:
+            on_stage_end(stage, tokens, masked)
+    return SamplerOutput(tokens, trace, steps_used)
 
 
 def truncate_at_eos(tokens: torch.Tensor, body_codes: int) -> tuple[torch.Tensor, torch.Tensor]:
