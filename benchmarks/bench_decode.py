@@ -1,5 +1,5 @@
 """Decoding speed: UTC and vanilla unmasking against the autoregressive baseline, in one process
-(issue 4 "Performance", SPEC "Latency", paper Table 2).
+(issue 4 "Performance", docs/design.md#latency, paper Table 2).
 
 Workload: N = 100 sign positions, K = 25 steps, the prompts below; latency per
 sentence at batch 1 and sentences per second at batch 32. The models have the profile's sizes:

@@ -1,4 +1,5 @@
-"""DTW-JPE speed: ours against three baselines, measured in one process (issue 5, SPEC "Metrics").
+"""DTW-JPE speed: ours against three baselines, measured in one process (issue 5,
+docs/design.md#dtw-jpe).
 
 Workload: ``--pairs`` (1,000) pairs of a 400-frame generated sequence against a reference of 200 to
 400 frames, full DTW-JPE: body (13 joints: the alignment joint + 12 in the cost, as ``smplx133``)

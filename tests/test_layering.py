@@ -1,4 +1,5 @@
-"""The component packages never import Ray (ARCHITECTURE.md): checked in a fresh interpreter."""
+"""The component packages never import Ray (docs/architecture.md#two-kinds-of-code), checked in
+a fresh interpreter."""
 
 import subprocess
 import sys

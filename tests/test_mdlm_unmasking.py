@@ -1,4 +1,5 @@
-"""UTC index masks, samplers, schedules and order counts (SPEC "Unmasking orders")."""
+"""UTC index masks, samplers, schedules and order counts
+(docs/design.md#unmasking-orders-eq-6-7)."""
 
 from __future__ import annotations
 
@@ -57,9 +58,9 @@ def test_order_counts_exact():
     utc = stage12 * stage12 * (F(50) // (F(4) ** 11 * F(3) ** 2))
     assert num_orders_utc(100, 25) == utc
     assert num_orders_utc(100, 25, []) == vanilla
-    assert 123 < math.log10(vanilla) < 124  # SPEC: about 10^123.5
+    assert 123 < math.log10(vanilla) < 124  # docs/design.md#unmasking-orders-eq-6-7: about 10^123.5
     ratio = math.log10(vanilla) - math.log10(utc)
-    assert 43 < ratio < 44  # SPEC: about 10^43 ("over 10^41")
+    assert 43 < ratio < 44  # about 10^43 ("over 10^41")
     # the reduction is the multinomial N!/(n1! n2! n3!) times the schedules' factor (5!^2 3!^2 / 4!^4)
     multinomial = F(100) // (F(25) ** 2 * F(50))
     assert vanilla * F(4) ** 4 == utc * multinomial * F(5) ** 2 * F(3) ** 2

@@ -1,10 +1,10 @@
 """WebDataset shards: deterministic writing and the batch reader every job uses.
 
-Layout (ARCHITECTURE.md): a shard root (local dir, ``file://...`` or ``s3://bucket/prefix``)
-holds ``manifest.json`` and ``{split}-{index:06d}.tar``. Each sample is ``<key>.json`` (``text``,
-``lang``, ``fps``, ``source``, ``composed``, ...), ``<key>.motion.npy`` ``[T, D]`` float16 in the
-format's units, ``<key>.valid.npy`` ``[T, 3]`` bool and, in token shards, ``<key>.tokens.npy``
-``[T/4, 3]`` int16 (body, lhand, rhand).
+Layout (docs/data-formats.md#shards): a shard root (local dir, ``file://...`` or
+``s3://bucket/prefix``) holds ``manifest.json`` and ``{split}-{index:06d}.tar``. Each sample is
+``<key>.json`` (``text``, ``lang``, ``fps``, ``source``, ``composed``, ...), ``<key>.motion.npy``
+``[T, D]`` float16 in the format's units, ``<key>.valid.npy`` ``[T, 3]`` bool and, in token shards,
+``<key>.tokens.npy`` ``[T/4, 3]`` int16 (body, lhand, rhand).
 
 Writing is byte-reproducible: tar headers carry fixed metadata (mtime 0, uid/gid 0, no user
 names, mode 0644, USTAR), members go in sample order and, within a sample, by name; JSON is
@@ -363,7 +363,8 @@ def _decode(with_tokens: bool, dim: int, stats: ReadStats):
 
 
 def collate(samples: list[dict], with_tokens: bool = False) -> dict:
-    """Pad a list of decoded samples into the batch contract (see module doc of the brief).
+    """Pad a list of decoded samples into the training batch
+    (docs/data-formats.md#the-training-batch).
 
     Returns ``key``, ``text``, ``lang``, ``composed`` (lists), ``motion`` float32 ``[B, T, D]``
     zero-padded, ``mask`` bool ``[B, T]``, ``valid`` bool ``[B, T, 3]`` and, with tokens,

@@ -1,4 +1,5 @@
-"""Readers for CSL-Daily, Phoenix-2014T and How2Sign in SOKE's on-disk layout (SPEC "Data").
+"""Readers for CSL-Daily, Phoenix-2014T and How2Sign in SOKE's on-disk layout
+(docs/data-formats.md#smplx133).
 
 SOKE (and the MaDiS release built on it) ships SMPL-X fits as pickles; one frame is a dict
 ``smplx_root_pose (3,) smplx_body_pose (63,) smplx_lhand_pose (45,) smplx_rhand_pose (45,)
@@ -255,7 +256,8 @@ def build_soke_shards(out_dir: str | Path, roots: Mapping[str, str | Path],
     """Read the given datasets (``{"how2sign"|"csl"|"phoenix": root}``) into one 133-d shard set.
 
     Samples are keyed ``{dataset}-{name}`` and written sorted by key; the z-score stats are over
-    every train frame of the combined datasets (SPEC "Data"). Returns ``(manifest, reports)``.
+    every train frame of the combined datasets
+    (docs/data-formats.md#length-rules-and-normalisation). Returns ``(manifest, reports)``.
 
     Raises:
         KeyError: unknown dataset name. FileNotFoundError: a missing split file / CSV.

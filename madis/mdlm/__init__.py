@@ -8,7 +8,7 @@ Public API::
     out = model.generate(texts, langs, num_steps=25)         # out.tokens [B, N, 3], out.lengths [B]
     model.save_pretrained(dir); MaDiSModel.from_pretrained(dir, tokenizer)
 
-SPEC sections "Notation" to "MoP embedding layer"; see each module for its equation. Names are
+docs/design.md#notation and the sections after it; see each module for its equation. Names are
 imported on first use (:mod:`madis.utils.lazy`), so ``madis.mdlm.cli`` and ``madis.mdlm.text``
 load without torch or transformers.
 """

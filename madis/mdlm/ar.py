@@ -1,4 +1,5 @@
-"""The autoregressive baseline of the same backbone size (paper Table 2, SPEC "Latency").
+"""The autoregressive baseline of the same backbone size (paper Table 2,
+docs/design.md#the-autoregressive-baseline).
 
 SOKE-style: a causal Qwen3 reads ``[y ; EOS]`` and then one sign position per step, embedded as
 the weighted average of its three part tokens' learned embeddings (0.2 body, 0.4 per hand); three

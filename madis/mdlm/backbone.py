@@ -4,7 +4,7 @@ transformers 5.24's Qwen3 honours ``config.is_causal = False`` under the ``sdpa`
 implementation: every layer attends in both directions and 2-D padding masks (and custom 4-D
 boolean masks, True = may attend) still apply. Tests check this numerically
 (``tests/test_mdlm_backbone.py``) because simpler-looking switches silently stay causal
-(STACK-NOTES "Bidirectional Qwen3").
+(docs/operations.md#stack-facts).
 """
 
 from __future__ import annotations

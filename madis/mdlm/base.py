@@ -213,8 +213,8 @@ class SignLanguageModel(nn.Module):
         """Batch tokens -> head-space targets over the N sign positions.
 
         Position i < n_b holds the sample's codes, position n_b the body class [EOS] (when
-        n_b < N), later positions [PAD] (SPEC: padding is part of the sequence so the model
-        learns where to stop); hand targets are ``IGNORE`` from n_b on.
+        n_b < N), later positions [PAD] (padding is part of the sequence so the model learns
+        where to stop, docs/design.md#multi-head-decoding); hand targets are ``IGNORE`` from n_b on.
 
         Args:
             tokens: ``[B, N', 3]`` int codes, padding -1.

@@ -32,7 +32,7 @@ class ModelConfig:
 
     Sequence and masking:
         num_positions: N, the sign positions after the text (paper 100; 4N frames).
-        mask_eps: t ~ U(eps, 1] (SPEC eq. 1, LLaDA's 1e-3).
+        mask_eps: t ~ U(eps, 1] (docs/design.md#forward-process-eq-1, LLaDA's 1e-3).
         mask_text: pretraining also masks text tokens (paper Table 3 "Text" column).
         utc_checkpoints: noise levels of the UTC checkpoints (paper 3.3.1, default
             [0.75, 0.5]); each c means resolution 1/(1-c), so 1/(1-c) must be an integer and
@@ -43,7 +43,7 @@ class ModelConfig:
             decoding computes them once (``text_kv_cache``); this changes the model, so it is a
             training-time choice whose quality effect must be measured.
 
-    Losses (SPEC "Pretraining losses", "Fine-tuning"):
+    Losses (docs/design.md#pretraining-losses-eq-3-5):
         token_weight, latent_weight, physical_weight: weights of eq. 3, 4, 5 (default 1.0).
         latent_loss, physical_loss: switch the latent / physical levels on (Table 3).
         finetune_lambda: lambda in ``L_ft = L_token + lambda (L_latent + L_phys)`` (0.5).

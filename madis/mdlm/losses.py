@@ -1,4 +1,5 @@
-"""The three pretraining objectives (paper 3.2, SPEC eq. 3-5), as plain functions of tensors."""
+"""The three pretraining objectives (paper 3.2,
+docs/design.md#pretraining-losses-eq-3-5), as plain functions of tensors."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ IGNORE = -100
 
 
 def sign_nll(logits: Sequence[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """-log p(z_i | x_t) of sign positions: the sum over the three part heads (SPEC eq. 3).
+    """-log p(z_i | x_t) of sign positions: the sum over the three part heads
+    (docs/design.md#token-space-eq-3).
 
     Args:
         logits: (body ``[M, K_B+2]``, lhand ``[M, K_L]``, rhand ``[M, K_R]``).

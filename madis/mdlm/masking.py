@@ -1,4 +1,4 @@
-"""Forward masking (SPEC eq. 1) and UTC's index masks (paper 3.3.1).
+"""Forward masking (docs/design.md#forward-process-eq-1) and UTC's index masks (paper 3.3.1).
 
 A sign position is masked or unmasked as a whole (its three part tokens together). Pretraining
 masks every position independently with probability t; fine-tuning keeps the text and samples
@@ -56,7 +56,7 @@ def utc_stage_of_positions(num_positions: int, checkpoints: Sequence[float],
 
 def sample_mask_ratio(batch_size: int, eps: float, *, generator: torch.Generator | None = None,
                       device: torch.device | str | None = None) -> torch.Tensor:
-    """t ~ U(eps, 1] per sample (SPEC eq. 1): ``[B]`` float32."""
+    """t ~ U(eps, 1] per sample (docs/design.md#forward-process-eq-1): ``[B]`` float32."""
     u = torch.rand(batch_size, generator=generator, device=device)
     return 1.0 - (1.0 - eps) * u
 
@@ -73,7 +73,7 @@ def uniform_mask(t: torch.Tensor, shape: tuple[int, int], *,
 
 def utc_index_mask(t: torch.Tensor, num_positions: int, checkpoints: Sequence[float], *,
                    generator: torch.Generator | None = None) -> torch.Tensor:
-    """UTC fine-tuning mask for mask ratio t (SPEC "Training-inference consistency").
+    """UTC fine-tuning mask for mask ratio t (docs/design.md#index-masks).
 
     With checkpoints c_1 > c_2 > ... and bounds 1 = b_0 > c_1 > ... > 0, t in (b_{k+1}, b_k]
     selects stage k: positions of earlier stages are unmasked, those of later stages masked,

@@ -2,7 +2,8 @@
 MoP embeddings (3.3.2) and multi-head decoding (4).
 
 The input is ``x = [y ; EOS ; z]``: L text tokens, the separator, N sign positions. The model has
-no t input (RADD, SPEC eq. 2): it predicts masked tokens from the unmasked ones.
+no t input (RADD): it predicts masked tokens from the unmasked ones
+(docs/design.md#reverse-process-eq-2).
 """
 
 from __future__ import annotations
@@ -237,8 +238,9 @@ class MaDiSModel(SignLanguageModel):
                  threshold_floor: str | None = None,
                  on_stage_end: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
                  ) -> Generation:
-        """Text -> sign tokens by the reverse process (SPEC eq. 2) with UTC or vanilla
-        unmasking; multi-head decoding; everything from the first [EOS] on is discarded.
+        """Text -> sign tokens by the reverse process with UTC or vanilla unmasking
+        (docs/design.md#reverse-process-eq-2); multi-head decoding; everything from the first
+        [EOS] on is discarded.
 
         Unset keyword arguments take the config's decoding defaults (``sampler``,
         ``num_steps`` K, ``temperature``, ``threshold``, and the speed-up switches, see

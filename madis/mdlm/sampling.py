@@ -1,4 +1,4 @@
-"""Reverse process samplers (SPEC eq. 2, 6, 7): vanilla confidence-based unmasking and UTC.
+"""Reverse process samplers (docs/design.md#the-sampler): vanilla unmasking and UTC.
 
 Both are one loop, :func:`unmask`: vanilla unmasking is UTC with no checkpoints (a single stage
 holding every position). The loop is model-agnostic: it calls ``predict`` for the logits of the
@@ -210,7 +210,7 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
     Starts from all N positions masked. Stage k (see :func:`utc_stage_of_positions`) gets its
     share of the K steps; at each step the still-masked positions of the current stage are
     predicted, each takes its greedy or Gumbel choice per part, and the ``k_j`` with the highest
-    confidence -- the mean over the three parts of the chosen tokens' log-probabilities (SPEC)
+    confidence -- the chosen tokens' mean log-probability, docs/design.md#the-sampler
     -- are committed. Committed positions never change (eq. 2). ``checkpoints=[]`` is vanilla
     unmasking.
 

@@ -1,4 +1,4 @@
-"""Metrics (paper 3.4, 4; SPEC "Metrics"): DTW-JPE, SiBLEU, SiCLIP and one ``evaluate`` API.
+"""Metrics (paper 3.4, 4; docs/design.md#metrics): DTW-JPE, SiBLEU, SiCLIP, one ``evaluate``.
 
 No Ray here: the eval fleet and the jobs call these functions from their own processes.
 Names are imported on first use, so that ``madis.metrics.cli`` (loaded by every ``madis`` call to

@@ -1,4 +1,5 @@
-"""SiCLIP's contrastive objectives (paper 3.4 and its supplement; SPEC "Metrics").
+"""SiCLIP's contrastive objectives (paper 3.4 and its supplement;
+docs/design.md#siclip).
 
 * Global InfoNCE (CLIP): one embedding per sign and per text, logits = scale * cosine, symmetric
   cross-entropy over the batch.

@@ -1,4 +1,4 @@
-"""DTW-JPE: dynamic time warping over joint position errors (paper 4, SPEC "Metrics").
+"""DTW-JPE: dynamic time warping over joint position errors (paper 4, docs/design.md#dtw-jpe).
 
 Convention of the released SOKE/MaDiS evaluation, so numbers compare with the paper's tables:
 
@@ -189,7 +189,7 @@ def dtw_jpe(
     joints: Sequence[int] | None = None,
     precision: str = "auto",
 ) -> float:
-    """DTW-JPE of one generated sequence against its reference (paper 4, SPEC "Metrics").
+    """DTW-JPE of one generated sequence against its reference (paper 4, docs/design.md#dtw-jpe).
 
     Each generated frame is translated so that its joint ``align_index`` lands on the reference
     frame's (per frame pair); the local cost is the mean Euclidean distance over ``joints``; the

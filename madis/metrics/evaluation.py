@@ -1,4 +1,5 @@
-"""One evaluation API for the eval fleet, the jobs and ``madis eval`` (paper 4, SPEC "Metrics").
+"""One evaluation API for the eval fleet, the jobs and ``madis eval`` (paper 4,
+docs/design.md#metrics).
 
 :func:`evaluate` returns a flat dict, every metric with its unit::
 

@@ -1,4 +1,4 @@
-"""Retrieval recall (R@k) for SiCLIP (paper 3.4, 4; SPEC "Metrics").
+"""Retrieval recall (R@k) for SiCLIP (paper 3.4, 4; docs/design.md#siclip).
 
 Convention: ``similarity[i, j]`` scores sign ``i`` against text ``j`` and the correct pairs are the
 diagonal. Sign-to-text ranks row ``i`` against all texts, text-to-sign ranks column ``j``.
@@ -30,7 +30,7 @@ import numpy as np
 __all__ = ["RELEASED_BATCH_SIZE", "retrieval_ranks", "recall_at_k", "retrieval_metrics",
            "chance_recall_at_k"]
 
-#: the released evaluation's test batch size (SPEC "Metrics")
+#: the released evaluation's test batch size (docs/design.md#siclip)
 RELEASED_BATCH_SIZE = 45
 
 

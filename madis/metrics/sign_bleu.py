@@ -1,4 +1,4 @@
-"""SiBLEU: BLEU over sign-token streams (paper 3.4, SPEC "Metrics").
+"""SiBLEU: BLEU over sign-token streams (paper 3.4, docs/design.md#sibleu).
 
 Each part's token stream is written as words (the integer ids separated by spaces) and scored by
 sacrebleu's corpus BLEU with ``tokenize='none'`` (default ``exp`` smoothing), so SiBLEU-4 is exactly
@@ -85,7 +85,7 @@ def part_sibleu(
 ) -> dict[str, float]:
     """SiBLEU of whole test sets of ``[N, 3]`` part tokens: ``{"body": ..., "hands": ...}``.
 
-    ``hands`` is the mean of the left-hand and right-hand corpus scores (SPEC "Metrics").
+    ``hands`` is the mean of the left-hand and right-hand corpus scores (docs/design.md#sibleu).
 
     Args:
         generated_tokens: per sample ``[N_i, 3]`` generated tokens (after the first EOS cut).

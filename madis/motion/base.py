@@ -16,7 +16,8 @@ import numpy as np
 #: Part names in token order: tokens[..., 0] is the body, 1 the left hand, 2 the right hand.
 PARTS: tuple[str, str, str] = ("body", "lhand", "rhand")
 
-#: Length rules (SPEC "Data"): clips are brought to MIN_FRAMES..MAX_FRAMES, a multiple of 4.
+#: Length rules (docs/data-formats.md#length-rules-and-normalisation): clips are brought to
+#: MIN_FRAMES..MAX_FRAMES, a multiple of 4.
 MIN_FRAMES = 40
 MAX_FRAMES = 400
 FRAME_MULTIPLE = 4
@@ -24,7 +25,7 @@ FRAME_MULTIPLE = 4
 
 @dataclass(frozen=True)
 class MetricJoints:
-    """How DTW-JPE reads one part's joints (SPEC "Metrics").
+    """How DTW-JPE reads one part's joints (docs/design.md#dtw-jpe).
 
     Attributes:
         align_index: joint translated onto the reference's (pelvis / shoulder midpoint / wrist).

@@ -8,11 +8,11 @@ Feature layout (D = 165, all ``x, y, z`` per point):
 ``102:165`` right hand: 21 ``RIGHT_HAND_LANDMARKS``
 ==========  =====================================================================
 
-The body points are the ones SPEC "Metrics" uses for SMPL-X (nose, eyes, ears, shoulders,
-elbows, wrists) plus the mouth corners, which carry mouthing. Dropped: the 478-point face mesh
-(it would outweigh everything else; the mouth corners and eyes keep the coarse face), the pose's
-own hand points (pinky/index/thumb: the 21-point hands are finer), and hips and legs (often out
-of frame in signing videos and not part of signing).
+The body points are the ones DTW-JPE uses for SMPL-X (docs/design.md#dtw-jpe: nose, eyes, ears,
+shoulders, elbows, wrists) plus the mouth corners, which carry mouthing. Dropped: the 478-point face
+mesh (it would outweigh everything else; the mouth corners and eyes keep the coarse face), the
+pose's own hand points (pinky/index/thumb: the 21-point hands are finer), and hips and legs (often
+out of frame in signing videos and not part of signing).
 
 Processing of one clip, in order (:func:`clip_from_pose`):
 
@@ -38,7 +38,7 @@ Processing of one clip, in order (:func:`clip_from_pose`):
    when the source frames it mixes are.
 
 ``joints`` returns the keypoints themselves: the body with the shoulder midpoint prepended as
-the alignment joint 0, each hand wrist first (SPEC "Metrics": keypoint formats).
+the alignment joint 0, each hand wrist first (docs/design.md#dtw-jpe).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Length rules and z-score normalisation shared by every motion format (SPEC "Data").
+"""Length rules and z-score normalisation shared by every motion format
+(docs/data-formats.md#length-rules-and-normalisation).
 
 The length rules are SOKE's: a clip shorter than ``MIN_FRAMES`` has frames repeated (indices
 ``linspace(0, T-1, MIN_FRAMES)`` truncated to integers, as SOKE's ``dtype=int``) up to

@@ -1,4 +1,5 @@
-"""The paper's motion format: 133-d SMPL-X pose features per frame (SPEC "Data", SOKE layout).
+"""The paper's motion format: 133-d SMPL-X pose features per frame (SOKE layout,
+docs/data-formats.md#smplx133).
 
 SOKE stores 179-d SMPL-X frames (axis-angle, radians): root 3, body 63 (joints 1-21), left hand
 45, right hand 45, jaw 3, shape 10, expression 10. The model drops the root, the lower body and
@@ -131,7 +132,8 @@ def forward_kinematics(
 ) -> np.ndarray:
     """All SMPL-X joints ``[T, J, 3]`` (metres) of 133-d features ``[T, 133]``.
 
-    Root orientation, translation, joints 1-11, eye poses and shape are zero (SPEC "Metrics").
+    Root orientation, translation, joints 1-11, eye poses and shape are zero
+    (docs/design.md#dtw-jpe).
     """
     import torch
 

@@ -84,7 +84,7 @@ class LoadedModel:
     # ------------------------------------------------------------------ generation
     def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerationResult | RequestError]:
         """Decode a batch; requests sharing ``(sampler, num_steps)`` run as one ``generate``
-        call (SPEC eq. 2 reverse process, greedy unless ``model.temperature`` > 0).
+        call (docs/design.md#reverse-process-eq-2, greedy unless ``model.temperature`` > 0).
 
         Returns one entry per request, in order: a result, or a :class:`RequestError` (422)
         when the model refuses the request's settings.

@@ -12,7 +12,7 @@ FRAMES_PER_TOKEN = 4
 
 @dataclass
 class TokenizerConfig:
-    """Hyper-parameters of the three part VQ-VAEs (SPEC "Data", SOKE / T2M-GPT design).
+    """Hyper-parameters of the three part VQ-VAEs (docs/design.md#tokenizer, SOKE / T2M-GPT).
 
     The defaults are the paper's sizes; ``configs/cpu-tiny.yaml`` shrinks them. The motion format
     and the z-score statistics are not config: they come from the shard manifest and travel with

@@ -229,8 +229,9 @@ class DecoupledTokenizer(nn.Module):
                        token_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Decode per-part latents (code vectors or predictions of them) to motion.
 
-        Used by the MDLM's physical-space loss (SPEC eq. 5): gradients flow through the decoders
-        into the latents; freezing the decoders' weights is the caller's choice.
+        Used by the MDLM's physical-space loss (docs/design.md#physical-space-eq-5): gradients flow
+        through the decoders into the latents; freezing the decoders' weights is the caller's
+        choice.
 
         Args:
             latents: three tensors ``[B, N, d_p]`` in PARTS order.

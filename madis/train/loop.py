@@ -96,7 +96,8 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": bool(cfg.bf16)},
-        # a plain torch AdamW avoids compiling DeepSpeed's fused/CPU Adam (STACK-NOTES)
+        # a plain torch AdamW avoids compiling DeepSpeed's fused/CPU Adam
+        # (docs/operations.md#stack-facts)
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
