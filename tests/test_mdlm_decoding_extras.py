@@ -183,3 +183,44 @@ def test_model_threshold_switch(model):
     assert torch.equal(same.tokens, exact.tokens)
     fast = model.generate(texts, langs, threshold=1e-6)  # everything passes: one step a stage
     assert fast.steps_used.tolist() == [3, 3]
+
+
+def test_generate_cli_pins_an_earlier_answer(tmp_path, capsys):
+    """madis generate TEXT --pin FILE --pin-parts --pin-positions [--pin-eos]: the pinned
+    tokens come back; malformed pins are one-line errors (exit 2)."""
+    import numpy as np
+
+    from madis.cli import main
+    from madis.serve.testing import write_run
+
+    export = write_run(tmp_path / "run", steps=(5,))[5]
+    assert main(["generate", "HELLO", "--lang", "ase", "--checkpoint", export,
+                 "-o", str(tmp_path / "a")]) == 0
+    first = np.load(tmp_path / "a" / "00_ase_HELLO.tokens.npy")
+    edited = first.copy()
+    edited[:, 2] = (edited[:, 2] + 5) % 16
+    np.save(tmp_path / "edit.tokens.npy", edited)
+    assert main(["generate", "HELLO", "--lang", "ase", "--checkpoint", export, "-o",
+                 str(tmp_path / "b"), "--pin", str(tmp_path / "edit.tokens.npy"),
+                 "--pin-parts", "body,rhand", "--pin-positions", "0:8", "--pin-eos", "10",
+                 "--threshold", "0.5"]) == 0
+    again = np.load(tmp_path / "b" / "00_ase_HELLO.tokens.npy")
+    assert len(again) == 10
+    np.testing.assert_array_equal(again[:8, [0, 2]], edited[:8, [0, 2]])
+    capsys.readouterr()
+    base = ["generate", "HELLO", "--lang", "ase", "--checkpoint", export, "-o", str(tmp_path / "c")]
+    np.save(tmp_path / "big.tokens.npy", np.full((3, 3), 99))
+    np.save(tmp_path / "long.tokens.npy", np.zeros((13, 3), np.int64))
+    for extra, message in [
+        (["--pin", str(tmp_path / "none.npy")], "cannot read"),
+        (["--pin", str(tmp_path / "edit.tokens.npy"), "--pin-parts", "face"], "unknown part"),
+        (["--pin", str(tmp_path / "edit.tokens.npy"), "--pin-positions", "4:99"], "positions"),
+        (["--pin", str(tmp_path / "edit.tokens.npy"), "--pin-positions", "x"], "A:B"),
+        (["--pin", str(tmp_path / "big.tokens.npy")], "outside the codebook"),
+        (["--pin", str(tmp_path / "long.tokens.npy")], "N = 12"),
+        (["--pin", str(tmp_path / "edit.tokens.npy"), "--pin-eos", "3"], "after the last pinned"),
+        (["--pin-positions", "0:2"], "need --pin"),
+    ]:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and message in err, (extra, err)

@@ -115,6 +115,7 @@ def test_round_trip(served, expected):
     assert info["checkpoint"]["step"] == 10 and info["checkpoint"]["source"] == "best"
     assert (info["checkpoint"]["metric"], info["checkpoint"]["value"]) == ("dtw_jpe", 0.9)
     assert info["languages"] == ["ase", "gsg"]
+    assert info["language_names"] == {"ase": "American Sign Language", "gsg": "German Sign Language"}
     assert info["limits"]["num_steps"] == {"utc": [3, 12], "vanilla": [1, 12]}
     assert info["serve"]["max_batch_size"] == 8
 
@@ -196,6 +197,56 @@ def test_chunked_body_over_limit_is_cut_off(served):
     conn.close()
 
 
+def test_stream_sends_each_stage_then_exactly_the_generate_answer(served, expected):
+    """POST /generate/stream: stages 1..3 fill in every 4th, 2nd, then every position; done is
+    /generate's body; a pinned, thresholded request streams too; bad input is a 4xx first."""
+    from madis.serve.load import run_load
+
+    payloads = [{"text": "GUTEN MORGEN", "lang": "gsg"}, {"text": "HELLO", "lang": "ase"}]
+    rep = run_load(served.url + "generate/stream", payloads, total=4, concurrency=2,
+                   keep_bodies=True, stream=True)
+    assert rep.failed == 0, rep.summary()
+    assert len(rep.first_event_s) == 4 and all(f < t for f, t in zip(rep.first_event_s, rep.latencies_s))
+    for i, events in enumerate(rep.bodies):
+        p = payloads[i % 2]
+        assert [e for e, _ in events] == ["stage", "stage", "stage", "done"]
+        stages = [d for _, d in events[:3]]
+        assert [d["stage"] for d in stages] == [1, 2, 3]
+        assert [t is None for t in stages[0]["tokens"]["body"]] == [j % 4 != 0 for j in range(12)]
+        assert stages[0]["frames"] == 48 and len(stages[0]["motion"]) == 48
+        done = events[-1][1]
+        status, _, raw = post(served.url, json.dumps(p).encode())
+        plain = json.loads(raw)
+        assert set(done) == set(plain)
+        for key in set(plain) - {"timings", "motion"}:
+            assert done[key] == plain[key], key
+        # the same decoding; batch neighbours move the decoder's float sums in the last digit
+        np.testing.assert_allclose(np.asarray(done["motion"]), np.asarray(plain["motion"]), atol=1e-4)
+        np.testing.assert_array_equal(tokens_of(done), expected[10][(p["text"], p["lang"])].tokens)
+        np.testing.assert_allclose(np.asarray(stages[2]["motion"]), np.asarray(done["motion"]), atol=1e-4)
+    pin = {"rhand": [3, None, 5], "body": [None, 2]}
+    status, _, raw = post(served.url, json.dumps({"text": "HELLO", "lang": "ase", "pin": pin,
+                                                  "threshold": 0.5}).encode(), "generate/stream")
+    assert status == 200
+    events = parse_events(raw)
+    done = events[-1][1]
+    assert events[-1][0] == "done" and done["threshold"] == 0.5 and 3 <= done["steps_used"] <= 6
+    assert done["tokens"]["rhand"][0] == 3 and done["tokens"]["rhand"][2] == 5
+    assert done["tokens"]["body"][1] == 2
+    assert events[0][1]["tokens"]["rhand"][0] == 3  # a whole pinned part is shown at stage 1
+    for data, code in ((b"{", "not_json"), (json.dumps({"text": "HI", "lang": "ase", "pin": {
+            "lhand": [99]}}).encode(), "bad_pin_id")):
+        status, headers, raw = post(served.url, data, "generate/stream")
+        assert status in (400, 422) and headers["Content-Type"] == "application/json"
+        assert json.loads(raw)["error"]["code"] == code
+
+
+def parse_events(raw: bytes) -> list:
+    from madis.serve.load import parse_sse
+
+    return parse_sse(raw.decode())
+
+
 def test_200_concurrent_requests_no_errors_and_batched(served, expected):
     payloads = [{"text": t, "lang": lg} for t, lg in TEXTS]
     report = run_load(served.url + "generate", payloads, total=200, concurrency=200, keep_bodies=True)
@@ -234,6 +285,9 @@ def test_demo_page_in_headless_chromium(served, expected, tmp_path):
         page.wait_for("document.body.dataset.state == 'playing'", timeout_s=60)
         status = page.eval("document.getElementById('status').textContent")
         assert status.startswith("48 frames (12 sign positions) at 25 fps, checkpoint step 10"), status
+        assert page.eval("window.madisStages") == 3  # stage 1..3 drawn before the answer
+        names = page.eval("[...document.getElementById('lang').options].map(o => o.textContent)")
+        assert names == ["ase \u2013 American Sign Language", "gsg \u2013 German Sign Language"]
         ink = ("(() => { const c = document.getElementById('stage'); const d = c.getContext('2d')"
                ".getImageData(0, 0, c.width, c.height).data; let n = 0; for (let i = 0; i < d.length;"
                " i += 4) if (d[i] < 200 || d[i + 1] < 200 || d[i + 2] < 200) n++; return [n, "

@@ -36,6 +36,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--sampler", choices=("utc", "vanilla"), help="default: the model's")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="for temperature > 0")
+    p.add_argument("--threshold", type=float,
+                   help="confidence-threshold decoding inside UTC stages (a probability, e.g. "
+                        "0.9; default: the model's model.threshold, null = fixed schedule)")
+    pin = p.add_argument_group("pinned tokens (infilling and editing, docs/decoding.md)")
+    pin.add_argument("--pin", metavar="FILE.tokens.npy",
+                     help="keep tokens of an earlier answer ([n, 3] codes, as generate writes "
+                          "them) and generate the rest around them, for every TEXT")
+    pin.add_argument("--pin-parts", default="body,lhand,rhand",
+                     help="parts of --pin to keep (default: %(default)s)")
+    pin.add_argument("--pin-positions", metavar="A:B",
+                     help="positions of --pin to keep, a Python slice (0:8, :8, 8:; default all)")
+    pin.add_argument("--pin-eos", type=int, metavar="POS",
+                     help="end the sequence at POS ([EOS] pinned there; e.g. the length of --pin)")
     p.set_defaults(func=cmd_generate)
 
 
@@ -69,6 +82,62 @@ def file_stem(i: int, lang: str, text: str) -> str:
     safe = (re.sub(r"[^A-Za-z0-9-]+", "_", text).strip("_")[:40]
             or "text-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8])
     return f"{i:02d}_{re.sub(r'[^A-Za-z0-9-]+', '_', lang)}_{safe}"
+
+
+def read_pins(args: argparse.Namespace):
+    """``[n', 3]`` int64 pins (-1 free) from ``--pin``, ``--pin-parts``, ``--pin-positions``
+    and ``--pin-eos``, or None without them. Codebook ranges and N are the model's to check.
+
+    Raises:
+        ValueError: an unreadable or malformed file, an unknown part, a bad slice, positions
+            outside the file, an [EOS] at a pinned position or before one.
+    """
+    import numpy as np
+
+    from madis.motion.base import PARTS
+
+    if args.pin is None:
+        if args.pin_eos is None:
+            if args.pin_positions or args.pin_parts != "body,lhand,rhand":
+                raise ValueError("--pin-parts / --pin-positions need --pin FILE")
+            return None
+        rows = np.full((0, 3), -1, np.int64)
+    else:
+        try:
+            codes = np.load(args.pin, allow_pickle=False)
+        except (OSError, ValueError) as exn:
+            raise ValueError(f"--pin {args.pin}: cannot read it ({exn})") from None
+        if codes.ndim != 2 or codes.shape[1] != 3 or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"--pin {args.pin}: expected [n, 3] integer codes (a .tokens.npy), "
+                             f"got {codes.dtype} {list(codes.shape)}")
+        parts = [x.strip() for x in args.pin_parts.split(",") if x.strip()]
+        unknown = sorted(set(parts) - set(PARTS))
+        if unknown or not parts:
+            raise ValueError(f"--pin-parts: unknown part(s) {unknown or parts}; parts: {list(PARTS)}")
+        n = len(codes)
+        spec = args.pin_positions or ":"
+        try:
+            a, _, b = spec.partition(":")
+            if not _:
+                raise ValueError
+            lo, hi = int(a) if a else 0, int(b) if b else n
+        except ValueError:
+            raise ValueError(f"--pin-positions {spec!r}: expected A:B (e.g. 0:8)") from None
+        if not 0 <= lo < hi <= n:
+            raise ValueError(f"--pin-positions {spec}: {args.pin} has positions 0..{n - 1}")
+        rows = np.full((hi, 3), -1, np.int64)
+        for part in parts:
+            j = PARTS.index(part)
+            rows[lo:hi, j] = codes[lo:hi, j]
+    if args.pin_eos is not None:
+        pinned = np.nonzero((rows >= 0).any(1))[0]
+        if args.pin_eos < 0 or (len(pinned) and args.pin_eos <= pinned[-1]):
+            raise ValueError(f"--pin-eos {args.pin_eos}: the end must come after the last pinned "
+                             f"position ({int(pinned[-1]) if len(pinned) else 'none'})")
+        if args.pin_eos >= len(rows):
+            rows = np.concatenate([rows, np.full((args.pin_eos + 1 - len(rows), 3), -1)])
+        rows[args.pin_eos, 0] = -3  # replaced by K_B, the body head's [EOS], once the model is known
+    return rows
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -107,6 +176,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"error: {len(args.texts)} texts but {len(langs)} --lang values (give one, or one "
               f"per text)", file=sys.stderr)
         return 2
+    if (args.pin is not None or args.pin_eos is not None) and args.split:
+        print("error: --pin/--pin-eos go with TEXT, not --split", file=sys.stderr)
+        return 2
+    try:
+        pins = read_pins(args)
+    except ValueError as exn:
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
+    if args.threshold is not None and not args.threshold > 0:
+        print(f"error: --threshold must be > 0, got {args.threshold}", file=sys.stderr)
+        return 2
     if args.checkpoint and "://" not in args.checkpoint and not Path(args.checkpoint).exists():
         print(f"error: no checkpoint at {args.checkpoint}", file=sys.stderr)
         return 2
@@ -123,8 +203,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     if args.split:
         return _generate_split(model, export, args, g)
-    out = model.generate(texts, langs, num_steps=args.num_steps, sampler=args.sampler,
-                         temperature=args.temperature, generator=g)
+    if pins is not None:
+        pins = torch.as_tensor(pins)
+        pins[..., 0] = torch.where(pins[..., 0] == -3, model.codebook_sizes[0], pins[..., 0])
+        pins = pins[None].expand(len(texts), -1, -1)
+    try:
+        out = model.generate(texts, langs, num_steps=args.num_steps, sampler=args.sampler,
+                             temperature=args.temperature, generator=g, pins=pins,
+                             threshold=args.threshold)
+    except ValueError as exn:  # pins outside the codebooks or longer than N
+        print(f"error: {exn}", file=sys.stderr)
+        return 2
     with torch.no_grad():
         motion = model.tokenizer.decode(out.tokens)
     fmt = model.tokenizer.motion_format
@@ -138,7 +227,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stem = dest / file_stem(i, lang, text)
         np.save(f"{stem}.motion.npy", frames.astype(np.float32), allow_pickle=False)
         np.save(f"{stem}.tokens.npy", tokens.astype(np.int16), allow_pickle=False)
-        print(f"\n[{lang}] {text!r}: {n} sign positions, {4 * n} frames")
+        print(f"\n[{lang}] {text!r}: {n} sign positions, {4 * n} frames, "
+              f"{int(out.steps_used[i])} steps")
         for j, part in enumerate(("body", "lhand", "rhand")):
             print(f"  {part:5s} " + " ".join(str(int(t)) for t in tokens[:, j]))
         print(f"  motion [{frames.shape[0]}, {frames.shape[1]}] ({fmt_name}) -> {stem}.motion.npy")

@@ -5,8 +5,12 @@ One deployment, :class:`TextToSign`, behind a FastAPI ingress::
     GET  /            demo page (text box, language, the animation drawn on a canvas)
     GET  /healthz     {"status": "ok", "checkpoint_step": ...}
     GET  /info        model, checkpoint (step, best.json metric and metrics), languages, limits
-    POST /generate    {"text", "lang", "num_steps"?, "sampler"?: "utc" | "vanilla"}
+    POST /generate    {"text", "lang", "num_steps"?, "sampler"?: "utc" | "vanilla",
+                       "threshold"?, "pin"?: {"body" | "lhand" | "rhand": [id | null, ...]}}
                       ?format=json (default) | pose | gif; ?screen=1 adds front-view joints
+    POST /generate/stream   the same body; text/event-stream: one ``event: stage`` per UTC stage
+                      (tokens so far, null where masked, and their motion), then ``event: done``
+                      with the /generate JSON, or ``event: error``; ?screen=1 as above
 
 Each replica loads the checkpoint :func:`~madis.serve.source.choose_model` picks, decodes
 requests in batches (``@serve.batch``: up to ``serve.max_batch_size`` requests, waiting at most
@@ -29,7 +33,7 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from ray import serve
 
@@ -42,6 +46,7 @@ from madis.serve.generator import (
     render_pose,
     result_json,
     rounded_timings,
+    stage_json,
 )
 from madis.serve.requests import (
     GenerateRequest,
@@ -86,6 +91,39 @@ async def _http_error(_: Request, exn: StarletteHTTPException) -> JSONResponse:
 async def _internal_error(_: Request, exn: Exception) -> JSONResponse:
     log.exception("request failed")
     return _error(500, "internal", f"{type(exn).__name__}: {exn}")
+
+
+def sse(event: str, data: bytes) -> bytes:
+    """One server-sent event (the data is one line of JSON)."""
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+async def stream_events(task: asyncio.Future, views: asyncio.Queue, fmt, screen: bool,
+                        received: float):
+    """The body of ``POST /generate/stream``: an ``event: stage`` per view put on ``views``
+    while ``task`` (the request's batch) runs, then ``event: done`` with its result's JSON, or
+    ``event: error`` (``{"error": {code, message}}``) when it fails or is refused."""
+    try:
+        while True:
+            getter = asyncio.ensure_future(views.get())
+            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                break
+            yield sse("stage", stage_json(getter.result(), fmt, screen=screen))
+        while not views.empty():  # stages queued before the batch returned
+            yield sse("stage", stage_json(views.get_nowait(), fmt, screen=screen))
+        result = task.result()
+        if isinstance(result, RequestError):
+            raise result
+        result.timings["total_ms"] = 1e3 * (time.perf_counter() - received)
+        yield sse("done", result_json(result, fmt, screen=screen))
+    except RequestError as exn:
+        yield sse("error", json.dumps(exn.to_json()).encode())
+    except Exception as exn:  # noqa: BLE001 - the status line is sent: report in-stream
+        log.exception("stream failed")
+        yield sse("error", json.dumps(RequestError(500, "internal", f"{type(exn).__name__}: "
+                                                                    f"{exn}").to_json()).encode())
 
 
 def page_html() -> str:
@@ -192,15 +230,15 @@ class TextToSign:
 
     # ------------------------------------------------------------------ batching
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, items: list[tuple[GenerateRequest, float]]
+    async def generate_batch(self, items: list[tuple[GenerateRequest, float, Any]]
                              ) -> list[GenerationResult | RequestError]:
-        """Decode a batch of ``(request, arrival time)`` on the model thread; sizes are set
-        from the config in ``__init__``."""
+        """Decode a batch of ``(request, arrival time, stage sink or None)`` on the model
+        thread; sizes are set from the config in ``__init__``."""
         loaded = self.current  # one model for the whole batch, even if a swap happens now
         start = time.perf_counter()
         results = await asyncio.get_running_loop().run_in_executor(
-            self._model_pool, loaded.generate, [r for r, _ in items])
-        for (_, arrived), res in zip(items, results):
+            self._model_pool, loaded.generate, [r for r, _, _ in items], [s for _, _, s in items])
+        for (_, arrived, _), res in zip(items, results):
             if isinstance(res, GenerationResult):
                 res.timings["queue_ms"] = round(1e3 * (start - arrived), 3)
         return results
@@ -235,7 +273,7 @@ class TextToSign:
         fmt = parse_output_format(output)
         limits = self.current.limits
         req = parse_generate(await read_body(request, limits.max_body_bytes), limits)
-        result = await self.generate_batch((req, received))
+        result = await self.generate_batch((req, received, None))
         if isinstance(result, RequestError):
             raise result
         motion_format = self.current.format
@@ -253,6 +291,22 @@ class TextToSign:
         headers = {**self._headers(result),
                    "Content-Disposition": f'attachment; filename="madis-{req.lang}.{fmt}"'}
         return Response(data, media_type=media, headers=headers)
+
+    @api.post("/generate/stream")
+    async def generate_stream(self, request: Request, screen: bool = False) -> Response:
+        """Server-sent events of the coarse-to-fine decoding (module doc; docs/decoding.md).
+        A bad request is refused (4xx JSON) before the stream starts."""
+        received = time.perf_counter()
+        limits = self.current.limits
+        req = parse_generate(await read_body(request, limits.max_body_bytes), limits)
+        loop = asyncio.get_running_loop()
+        views: asyncio.Queue = asyncio.Queue()
+        task = asyncio.ensure_future(self.generate_batch(
+            (req, received, lambda view: loop.call_soon_threadsafe(views.put_nowait, view))))
+        fmt = self.current.format
+        return StreamingResponse(stream_events(task, views, fmt, screen, received),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @staticmethod
     def _headers(result: GenerationResult) -> dict[str, str]:

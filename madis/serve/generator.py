@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ class GenerationResult:
         step: checkpoint step of the model that answered (None when unknown).
         timings: milliseconds: ``generate_ms`` (the batch's reverse process), ``decode_ms``
             (tokens -> motion), and ``batch_size`` (requests decoded together).
+        steps_used: unmasking steps that decided some of this request's positions.
+        threshold: the confidence threshold decoded with (None: the fixed schedule).
     """
 
     request: GenerateRequest
@@ -39,6 +41,25 @@ class GenerationResult:
     motion: np.ndarray
     step: int | None
     timings: dict[str, float] = field(default_factory=dict)
+    steps_used: int | None = None
+    threshold: float | None = None
+
+
+@dataclass
+class StageView:
+    """A request's state after one UTC stage (``POST /generate/stream``).
+
+    Attributes:
+        stage: 1-based stage number; num_stages: stages of the sampler.
+        tokens: ``[L, 3]`` int64 codes, -1 where still masked (L: see :func:`stage_views`).
+        motion: ``[4L, D]`` float32, format units, decoded from the decided tokens with the
+            masked positions interpolated.
+    """
+
+    stage: int
+    num_stages: int
+    tokens: np.ndarray
+    motion: np.ndarray
 
 
 class LoadedModel:
@@ -64,7 +85,8 @@ class LoadedModel:
             max_body_bytes=cfg.max_body_bytes, max_text_chars=cfg.max_text_chars,
             languages=self.languages, min_num_steps={"utc": stages, "vanilla": 1},
             max_num_steps=top, default_num_steps=min(mcfg.num_steps, top),
-            default_sampler=mcfg.sampler)
+            default_sampler=mcfg.sampler, num_positions=mcfg.num_positions,
+            codebook_sizes=tuple(model.codebook_sizes))
 
     @classmethod
     def load(cls, choice: ModelChoice, cfg: ServeConfig, device: str = "cpu") -> "LoadedModel":
@@ -82,27 +104,37 @@ class LoadedModel:
         return cls(model, choice, cfg, languages)
 
     # ------------------------------------------------------------------ generation
-    def generate(self, requests: Sequence[GenerateRequest]) -> list[GenerationResult | RequestError]:
-        """Decode a batch; requests sharing ``(sampler, num_steps)`` run as one ``generate``
-        call (docs/design.md#reverse-process-eq-2, greedy unless ``model.temperature`` > 0).
+    def generate(self, requests: Sequence[GenerateRequest],
+                 sinks: Sequence[Callable[[StageView], None] | None] | None = None
+                 ) -> list[GenerationResult | RequestError]:
+        """Decode a batch; requests sharing ``(sampler, num_steps, threshold)`` and whether they
+        pin tokens run as one ``generate`` call (docs/design.md#reverse-process-eq-2, greedy
+        unless ``model.temperature`` > 0), so a request's answer never depends on its neighbours.
 
+        Args:
+            sinks: per request, None or a callable that gets a :class:`StageView` after each
+                UTC stage (called on this thread, before the result is returned).
         Returns one entry per request, in order: a result, or a :class:`RequestError` (422)
         when the model refuses the request's settings.
         """
         out: list[GenerationResult | RequestError | None] = [None] * len(requests)
-        groups: dict[tuple[str, int], list[int]] = {}
+        sinks = list(sinks) if sinks is not None else [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.sampler, r.num_steps), []).append(i)
-        for (sampler, steps), idx in groups.items():
+            groups.setdefault((r.sampler, r.num_steps, r.threshold, r.pin is not None), []).append(i)
+        for (sampler, steps, threshold, pinned), idx in groups.items():
             if sampler not in SAMPLERS:
                 for i in idx:
                     out[i] = RequestError(422, "unknown_sampler", f"unknown sampler {sampler!r}")
                 continue
+            on_stage = self._stage_sink([sinks[i] for i in idx], sampler)
             t0 = time.perf_counter()
             try:
                 gen = self.model.generate([requests[i].text for i in idx],
                                           [requests[i].lang for i in idx],
-                                          num_steps=steps, sampler=sampler)
+                                          num_steps=steps, sampler=sampler, threshold=threshold,
+                                          pins=self._pins([requests[i] for i in idx]) if pinned else None,
+                                          on_stage_end=on_stage)
             except ValueError as exn:  # e.g. fewer steps than this model's UTC stages
                 for i in idx:
                     out[i] = RequestError(422, "bad_settings", str(exn))
@@ -112,14 +144,41 @@ class LoadedModel:
                 motion = self.model.tokenizer.decode(gen.tokens).float().cpu().numpy()
             t2 = time.perf_counter()
             tokens = gen.tokens.cpu().numpy()
+            used = self.model.cfg.threshold if threshold is None else threshold
             for row, i in enumerate(idx):
                 n = int(gen.lengths[row])
                 out[i] = GenerationResult(
                     request=requests[i], tokens=tokens[row, :n].astype(np.int64),
                     motion=motion[row, : 4 * n].astype(np.float32), step=self.choice.step,
                     timings={"generate_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1),
-                             "batch_size": len(idx)})
+                             "batch_size": len(idx)},
+                    steps_used=int(gen.steps_used[row]), threshold=used)
         return out  # type: ignore[return-value]
+
+    def _pins(self, requests: Sequence[GenerateRequest]) -> torch.Tensor:
+        """``[B, N, 3]`` pins of the requests (-1 free)."""
+        n = self.model.cfg.num_positions
+        pins = torch.full((len(requests), n, 3), -1, dtype=torch.long)
+        for b, r in enumerate(requests):
+            if r.pin:
+                pins[b, : len(r.pin)] = torch.tensor(r.pin, dtype=torch.long)
+        return pins
+
+    def _stage_sink(self, sinks: list, sampler: str):
+        """The sampler's ``on_stage_end`` for one group: the stage views of the rows that have
+        a sink (None when no row has one)."""
+        rows = [b for b, s in enumerate(sinks) if s is not None]
+        if not rows:
+            return None
+        num_stages = len(self.model.cfg.utc_checkpoints) + 1 if sampler == "utc" else 1
+
+        def on_stage_end(stage: int, tokens: torch.Tensor, masked: torch.Tensor) -> None:
+            views = stage_views(self.model.tokenizer, tokens[rows], masked[rows],
+                                self.model.codebook_sizes[0])
+            for b, (codes, motion) in zip(rows, views):
+                sinks[b](StageView(stage + 1, num_stages, codes, motion))
+
+        return on_stage_end
 
     # ------------------------------------------------------------------ description
     def info(self) -> dict[str, Any]:
@@ -139,13 +198,30 @@ class LoadedModel:
             "motion": {"format": self.format.name, "dim": self.format.dim, "fps": self.format.fps,
                        "units": self.format.units},
             "languages": list(self.languages),
+            "language_names": language_names(self.languages),
             "limits": {"max_body_bytes": self.limits.max_body_bytes,
                        "max_text_chars": self.limits.max_text_chars,
                        "num_steps": {s: [self.limits.min_num_steps[s], self.limits.max_num_steps]
                                      for s in SAMPLERS},
                        "default_num_steps": self.limits.default_num_steps,
-                       "default_sampler": self.limits.default_sampler},
+                       "default_sampler": self.limits.default_sampler,
+                       "default_threshold": m.threshold,
+                       "pin": {"max_positions": m.num_positions,
+                               "codebook_sizes": dict(zip(PARTS, self.model.codebook_sizes)),
+                               "eos": "[EOS]"}},
         }
+
+
+def language_names(codes: Sequence[str]) -> dict[str, str]:
+    """``{code: name}`` of ISO 639-3 sign-language codes (pycountry's ISO 639-3 table, e.g.
+    ``ase`` -> ``American Sign Language``); a code it does not know keeps the code as name."""
+    import pycountry
+
+    out = {}
+    for code in codes:
+        lang = pycountry.languages.get(alpha_3=code) if len(code) == 3 else None
+        out[code] = lang.name if lang is not None else code
+    return out
 
 
 # ---------------------------------------------------------------------- encodings
@@ -166,6 +242,7 @@ def result_json(result: GenerationResult, fmt: MotionFormat, *, screen: bool = F
     r = result.request
     body: dict[str, Any] = {
         "text": r.text, "lang": r.lang, "sampler": r.sampler, "num_steps": r.num_steps,
+        "threshold": result.threshold, "steps_used": result.steps_used,
         "checkpoint_step": result.step,
         "length": int(len(result.tokens)), "frames": int(len(result.motion)),
         "tokens": {p: np.ascontiguousarray(result.tokens[:, k]) for k, p in enumerate(PARTS)},
@@ -175,6 +252,74 @@ def result_json(result: GenerationResult, fmt: MotionFormat, *, screen: bool = F
     }
     if screen:
         body["screen"] = screen_view(result.motion, fmt)
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def stage_views(tokenizer, tokens: torch.Tensor, masked: torch.Tensor, body_codes: int
+                ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Tokens and motion of partly decided sequences (docs/decoding.md, streaming).
+
+    The length L of a row is its first decided ``[EOS]``/``[PAD]`` position (N while none is
+    decided). Each part's codebook rows at the decided positions before L are interpolated
+    linearly across the masked positions between them (held before the first and after the
+    last decided one) and decoded by the tokenizer's decoders.
+
+    Args:
+        tokens: ``[B, N, 3]`` head-space tokens; masked: bool ``[B, N]``.
+    Returns:
+        per row ``(codes [L, 3] int64 with -1 where masked, motion [4L, D] float32)``; a row
+        with no decided code before L has an empty motion.
+    """
+    b, n = masked.shape
+    pos = torch.arange(n, device=tokens.device)
+    special = ~masked & (tokens[..., 0] >= body_codes)
+    lengths = torch.where(special, pos, n).min(1).values  # b
+    known = ~masked & (pos[None, :] < lengths[:, None])  # b, n
+    # nearest decided position on each side (-1 / n where none)
+    prev = torch.where(known, pos, -1).cummax(1).values
+    nxt = torch.where(known, pos, n).flip(1).cummin(1).values.flip(1)
+    has_prev, has_next = prev >= 0, nxt < n
+    lo = torch.where(has_prev, prev, nxt).clamp(0, n - 1)
+    hi = torch.where(has_next, nxt, prev).clamp(0, n - 1)
+    w = torch.where(has_prev & has_next & (hi > lo),
+                    (pos[None, :] - lo).float() / (hi - lo).clamp(min=1).float(), 0.0)[..., None]
+    latents = []
+    with torch.no_grad():
+        for j, part in enumerate(PARTS):
+            q = tokenizer.parts[part].quantizer
+            z = q.dequantize(tokens[..., j].clamp(0, tokenizer.codebook_sizes[j] - 1))  # b, n, d
+            z_lo = z.gather(1, lo[..., None].expand_as(z))
+            z_hi = z.gather(1, hi[..., None].expand_as(z))
+            latents.append(z_lo + w * (z_hi - z_lo))
+        real = pos[None, :] < lengths[:, None]
+        motion = tokenizer.decode_latents(latents, normalized=False, token_mask=real)
+    motion = motion.float().cpu().numpy()
+    codes = torch.where(masked[..., None], -1, tokens).cpu().numpy()
+    out = []
+    for r in range(b):
+        length = int(lengths[r])
+        frames = motion[r, : 4 * length] if bool(known[r].any()) else motion[r, :0]
+        out.append((codes[r, :length].astype(np.int64), frames.astype(np.float32)))
+    return out
+
+
+def stage_json(view: StageView, fmt: MotionFormat, *, screen: bool = False,
+               decimals: int = 5) -> bytes:
+    """The data of one ``event: stage`` of ``POST /generate/stream``: ``stage``,
+    ``num_stages``, ``length``, ``frames``, ``tokens`` (``null`` where still masked),
+    ``motion`` (and ``screen`` as in :func:`result_json`)."""
+    import orjson
+
+    body: dict[str, Any] = {
+        "stage": view.stage, "num_stages": view.num_stages, "length": int(len(view.tokens)),
+        "frames": int(len(view.motion)),
+        "tokens": {p: [None if t < 0 else int(t) for t in view.tokens[:, k]]
+                   for k, p in enumerate(PARTS)},
+        "format": fmt.name, "fps": fmt.fps, "units": fmt.units,
+        "motion": np.round(view.motion, decimals).astype(np.float32),
+    }
+    if screen:
+        body["screen"] = screen_view(view.motion, fmt)
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 SAMPLERS = ("utc", "vanilla")
 #: ``?format=`` values of ``POST /generate``
 OUTPUT_FORMATS = ("json", "pose", "gif")
-FIELDS = ("text", "lang", "num_steps", "sampler")
+FIELDS = ("text", "lang", "num_steps", "sampler", "threshold", "pin")
+#: parts of ``"pin"`` and the body's name for a pinned end of the sequence
+PIN_PARTS = ("body", "lhand", "rhand")
+PIN_EOS = "[EOS]"
 
 
 class RequestError(ValueError):
@@ -40,6 +43,8 @@ class Limits:
         min_num_steps: per sampler, the fewest steps K it can run (UTC: one per stage).
         max_num_steps: the most steps K.
         default_num_steps, default_sampler: used when the request leaves them out.
+        num_positions: N, the longest ``pin`` list (0: pins refused).
+        codebook_sizes: ``(K_B, K_L, K_R)``, the ids a pin may hold.
     """
 
     max_body_bytes: int
@@ -49,16 +54,26 @@ class Limits:
     max_num_steps: int
     default_num_steps: int
     default_sampler: str
+    num_positions: int = 0
+    codebook_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """A validated request: ``text`` stripped, every field filled."""
+    """A validated request: ``text`` stripped, every field filled.
+
+    Attributes:
+        threshold: confidence threshold of the decoding (None: the model's ``model.threshold``).
+        pin: ``((body, lhand, rhand), ...)`` per position up to the last pinned one, -1 where
+            free and the body's ``K_B`` for ``[EOS]``; None without pins.
+    """
 
     text: str
     lang: str
     num_steps: int
     sampler: str
+    threshold: float | None = None
+    pin: tuple[tuple[int, int, int], ...] | None = None
 
 
 def check_body_size(length: int, limits: Limits) -> None:
@@ -138,7 +153,76 @@ def parse_generate(body: bytes, limits: Limits) -> GenerateRequest:
     if not lo <= steps <= hi:
         raise RequestError(422, "num_steps_out_of_range", f"num_steps must be in [{lo}, {hi}] for "
                                                           f"the {sampler} sampler, got {steps}")
-    return GenerateRequest(text=text, lang=lang, num_steps=steps, sampler=sampler)
+    threshold = data.get("threshold")
+    if threshold is not None:
+        if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) \
+                or not 0 < threshold < float("inf"):
+            raise RequestError(422, "bad_threshold", f"threshold must be a number > 0 (a "
+                                                     f"probability; above 1 = the fixed schedule) "
+                                                     f"or null, got {_kind(threshold)}")
+        threshold = float(threshold)
+    pin = parse_pin(data["pin"], limits) if data.get("pin") is not None else None
+    return GenerateRequest(text=text, lang=lang, num_steps=steps, sampler=sampler,
+                           threshold=threshold, pin=pin)
+
+
+def parse_pin(value, limits: Limits) -> tuple[tuple[int, int, int], ...] | None:
+    """``{"body" | "lhand" | "rhand": [id or null, ...]}`` -> one ``(body, lhand, rhand)`` per
+    position up to the last pinned one (-1 free; ``"[EOS]"`` in the body list -> ``K_B``), or
+    None when every entry is null. docs/decoding.md says what pinning does.
+
+    Raises:
+        RequestError: 422 ``bad_pin`` (not an object of lists of ids / null, an unknown part),
+            ``pin_too_long`` (a list over N), ``bad_pin_id`` (an id outside its part's codebook,
+            or a pin at or after a pinned ``[EOS]``; :func:`madis.mdlm.sampling.check_pins`).
+    """
+    import torch
+
+    from madis.mdlm.sampling import check_pins
+
+    if not isinstance(value, dict) or not value:
+        raise RequestError(422, "bad_pin", f"pin must be an object {{part: [id or null, ...]}} "
+                                           f"with parts {list(PIN_PARTS)}, got {_kind(value)}")
+    unknown = sorted(set(value) - set(PIN_PARTS))
+    if unknown:
+        raise RequestError(422, "bad_pin", f"unknown pin part(s) {unknown}; parts: {list(PIN_PARTS)}")
+    n = limits.num_positions
+    kb = limits.codebook_sizes[0] if limits.codebook_sizes else 0
+    width = 0
+    for part, ids in value.items():
+        if not isinstance(ids, list):
+            raise RequestError(422, "bad_pin", f"pin.{part} must be a list of ids or null, got "
+                                               f"{_kind(ids)}")
+        if len(ids) > n:
+            raise RequestError(422, "pin_too_long", f"pin.{part} has {len(ids)} entries; the model "
+                                                    f"has N = {n} sign positions")
+        for i, t in enumerate(ids):
+            ok = t is None or (isinstance(t, int) and not isinstance(t, bool)) \
+                or (part == "body" and t == PIN_EOS)
+            if not ok:
+                raise RequestError(422, "bad_pin", f"pin.{part}[{i}] must be an integer id or "
+                                                   f"null{' or ' + repr(PIN_EOS) if part == 'body' else ''}"
+                                                   f", got {_kind(t)}")
+        width = max(width, len(ids))
+    rows = [[-1, -1, -1] for _ in range(width)]
+    for p, part in enumerate(PIN_PARTS):
+        for i, t in enumerate(value.get(part) or []):
+            if t is None:
+                continue
+            if t != PIN_EOS and not 0 <= t < limits.codebook_sizes[p]:
+                raise RequestError(422, "bad_pin_id", f"pin.{part}[{i}] = {t} is outside the "
+                                                      f"{part} codebook [0, {limits.codebook_sizes[p]})"
+                                                      f"{'; the end is pinned as ' + repr(PIN_EOS) if p == 0 else ''}")
+            rows[i][p] = kb if t == PIN_EOS else t
+    try:
+        check_pins(torch.tensor([rows], dtype=torch.long).view(1, width, 3),
+                   limits.codebook_sizes)
+    except ValueError as exn:
+        raise RequestError(422, "bad_pin_id", f"pin: {exn}") from None
+    last = max((i for i, r in enumerate(rows) if r != [-1, -1, -1]), default=-1)
+    if last < 0:
+        return None
+    return tuple(tuple(r) for r in rows[: last + 1])
 
 
 def _kind(value) -> str:
