@@ -32,7 +32,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from madis.data import storage
-from madis.motion.base import FRAME_MULTIPLE, MAX_FRAMES, MIN_FRAMES
+from madis.motion.base import FRAMES_PER_POSITION, MAX_FRAMES, MIN_FRAMES
 from madis.motion.length import RunningStats
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,14 @@ class Sample:
         T = len(self.motion)
         if self.motion.ndim != 2:
             raise ValueError(f"{self.key}: motion must be [T, D], got {self.motion.shape}")
-        if T % FRAME_MULTIPLE or not MIN_FRAMES <= T <= MAX_FRAMES:
+        if T % FRAMES_PER_POSITION or not MIN_FRAMES <= T <= MAX_FRAMES:
             raise ValueError(f"{self.key}: T={T} breaks the length rules (apply_length_rules first)")
         if self.valid.shape != (T, 3):
             raise ValueError(f"{self.key}: valid must be [{T}, 3], got {self.valid.shape}")
         if not np.isfinite(self.motion).all():
             raise ValueError(f"{self.key}: motion has NaN/inf")
-        if self.tokens is not None and self.tokens.shape != (T // FRAME_MULTIPLE, 3):
-            raise ValueError(f"{self.key}: tokens must be [{T // FRAME_MULTIPLE}, 3], got {self.tokens.shape}")
+        if self.tokens is not None and self.tokens.shape != (T // FRAMES_PER_POSITION, 3):
+            raise ValueError(f"{self.key}: tokens must be [{T // FRAMES_PER_POSITION}, 3], got {self.tokens.shape}")
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -346,7 +346,7 @@ def _decode(with_tokens: bool, dim: int, stats: ReadStats):
                 out = {"key": raw["__key__"], "meta": meta, "motion": motion, "valid": valid}
                 if with_tokens:
                     tok = np.load(io.BytesIO(raw["tokens.npy"]), allow_pickle=False).astype(np.int64)
-                    if tok.shape != (len(motion) // FRAME_MULTIPLE, 3):
+                    if tok.shape != (len(motion) // FRAMES_PER_POSITION, 3):
                         raise ValueError(f"tokens shape {tok.shape} for T={len(motion)}")
                     out["tokens"] = tok
             except (KeyError, ValueError, OSError, EOFError) as exn:

@@ -17,11 +17,9 @@ import numpy as np
 import torch
 
 from madis.fleet.retry import is_transient, with_backoff
+from madis.motion.base import FRAMES_PER_POSITION
 
 log = logging.getLogger(__name__)
-
-#: sign positions -> motion frames (the tokenizer's 4x temporal down-sampling)
-FRAMES_PER_POSITION = 4
 
 
 class CheckpointLoadError(RuntimeError):

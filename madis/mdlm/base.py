@@ -36,6 +36,7 @@ from madis.mdlm.text import (
     save_text_tokenizer,
 )
 from madis.mdlm.vocab import SignVocab
+from madis.motion.base import FRAMES_PER_POSITION
 from madis.utils.pretrained import load_weights, read_config, save_pretrained
 
 FORMAT = "madis-mdlm/1"
@@ -238,7 +239,7 @@ class SignLanguageModel(nn.Module):
             raise ValueError("token_mask must be True on a prefix of each row (padding at the end)")
         if int(n.max()) > n_max:
             raise ValueError(f"a sample has {int(n.max())} sign positions, more than "
-                             f"model.num_positions = {n_max} ({4 * n_max} frames)")
+                             f"model.num_positions = {n_max} ({FRAMES_PER_POSITION * n_max} frames)")
         if width < n_max:
             tokens = torch.cat([tokens, tokens.new_full((tokens.shape[0], n_max - width, 3), -1)], 1)
         tokens = tokens[:, :n_max]
@@ -265,7 +266,7 @@ class SignLanguageModel(nn.Module):
         if self.tokenizer is None:
             raise ValueError("decoding motion needs the tokenizer: attach_tokenizer(tok) first")
         motion = self.tokenizer.decode(generation.tokens)
-        return [motion[b, : 4 * int(n)] for b, n in enumerate(generation.lengths)]
+        return [motion[b, : FRAMES_PER_POSITION * int(n)] for b, n in enumerate(generation.lengths)]
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:

@@ -145,6 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from madis.mdlm.task import export_dir, load_generator
+    from madis.motion.base import FRAMES_PER_POSITION
 
     if args.split or args.shards:
         if not (args.split and args.shards) or args.texts or args.lang or args.gif:
@@ -223,11 +224,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i, (text, lang) in enumerate(zip(texts, langs)):
         n = int(out.lengths[i])
         tokens = out.tokens[i, :n].cpu().numpy()
-        frames = motion[i, : 4 * n].cpu().numpy()
+        frames = motion[i, : FRAMES_PER_POSITION * n].cpu().numpy()
         stem = dest / file_stem(i, lang, text)
         np.save(f"{stem}.motion.npy", frames.astype(np.float32), allow_pickle=False)
         np.save(f"{stem}.tokens.npy", tokens.astype(np.int16), allow_pickle=False)
-        print(f"\n[{lang}] {text!r}: {n} sign positions, {4 * n} frames, "
+        print(f"\n[{lang}] {text!r}: {n} sign positions, {len(frames)} frames, "
               f"{int(out.steps_used[i])} steps")
         for j, part in enumerate(("body", "lhand", "rhand")):
             print(f"  {part:5s} " + " ".join(str(int(t)) for t in tokens[:, j]))

@@ -29,10 +29,9 @@ from madis.mdlm.masking import (
     utc_stage_of_positions,
 )
 from madis.mdlm.sampling import check_pins, truncate_at_eos, unmask
-from madis.motion.base import PARTS, get_format
+from madis.motion.base import FRAMES_PER_POSITION, PARTS, get_format
 
 STAGES = ("pretrain", "finetune")
-FRAMES_PER_POSITION = 4
 
 
 class MaDiSModel(SignLanguageModel):

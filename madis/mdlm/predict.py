@@ -7,6 +7,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from madis.motion.base import FRAMES_PER_POSITION
+
 
 @torch.no_grad()
 def predict_references(model, references: Mapping[str, Any], batch_size: int = 64,
@@ -37,10 +39,10 @@ def predict_references(model, references: Mapping[str, Any], batch_size: int = 6
             n = int(out.lengths[i])
             if n == 0:
                 empty += 1
-                frames = model.tokenizer.denormalize(torch.zeros(1, 4, motion.shape[-1]))[0]
+                frames = model.tokenizer.denormalize(torch.zeros(1, FRAMES_PER_POSITION, motion.shape[-1]))[0]
                 tokens = np.zeros((0, 3), np.int64)
             else:
-                frames = motion[i, : 4 * n]
+                frames = motion[i, : FRAMES_PER_POSITION * n]
                 tokens = out.tokens[i, :n].cpu().numpy()
             preds[k] = Prediction(frames.cpu().numpy(), tokens)
     return preds, empty

@@ -28,7 +28,8 @@ from torch import nn
 
 from madis.config import ConfigError, job_section, to_dict
 from madis.mdlm.config import ModelConfig
-from madis.mdlm.model import FRAMES_PER_POSITION, STAGES, MaDiSModel
+from madis.mdlm.model import STAGES, MaDiSModel
+from madis.motion.base import FRAMES_PER_POSITION
 from madis.train.task import Task
 from madis.utils.pretrained import local_copy
 

@@ -36,15 +36,13 @@ from torch import nn
 
 from madis.config import ConfigError, check_bounds, from_dict, to_dict
 from madis.metrics.contrastive import masked_softmax, symmetric_cross_entropy, token_wise_similarity
-from madis.motion import PARTS, get_format
+from madis.motion import FRAMES_PER_POSITION, PARTS, get_format
 from madis.utils.pretrained import load_weights, local_copy, read_config, save_pretrained
 
 __all__ = ["SiCLIPConfig", "SiCLIP", "SiCLIPEmbeddings", "SiCLIPOutput", "encode_texts"]
 
 #: ``kind`` of an exported SiCLIP model's ``config.json``
 KIND = "madis.SiCLIP"
-#: frames per sign-token position (the tokenizer's 4x temporal down-sampling)
-FRAMES_PER_POSITION = 4
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Motion formats (no Ray here): SMPL-X 133-d and MediaPipe keypoints."""
 
 from madis.motion.base import (
-    FRAME_MULTIPLE,
+    FRAMES_PER_POSITION,
     MAX_FRAMES,
     MIN_FRAMES,
     PARTS,
@@ -14,7 +14,7 @@ from madis.motion import keypoints, smplx133  # noqa: E402,F401  (register the b
 from madis.motion.length import apply_length_rules, compute_stats, length_indices, unzscore, zscore
 
 __all__ = [
-    "FRAME_MULTIPLE", "MAX_FRAMES", "MIN_FRAMES", "PARTS", "MetricJoints", "MotionFormat",
+    "FRAMES_PER_POSITION", "MAX_FRAMES", "MIN_FRAMES", "PARTS", "MetricJoints", "MotionFormat",
     "get_format", "register", "apply_length_rules", "compute_stats", "length_indices",
     "unzscore", "zscore",
 ]

@@ -16,11 +16,15 @@ import numpy as np
 #: Part names in token order: tokens[..., 0] is the body, 1 the left hand, 2 the right hand.
 PARTS: tuple[str, str, str] = ("body", "lhand", "rhand")
 
+#: Motion frames per sign position: the tokenizer's encoders halve the time axis twice, so one
+#: token, one position of the MDLM, stands for 4 frames
+#: (docs/data-formats.md#frames-per-sign-position).
+FRAMES_PER_POSITION = 4
+
 #: Length rules (docs/data-formats.md#length-rules-and-normalisation): clips are brought to
-#: MIN_FRAMES..MAX_FRAMES, a multiple of 4.
+#: MIN_FRAMES..MAX_FRAMES, a multiple of FRAMES_PER_POSITION.
 MIN_FRAMES = 40
 MAX_FRAMES = 400
-FRAME_MULTIPLE = 4
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 The length rules are SOKE's: a clip shorter than ``MIN_FRAMES`` has frames repeated (indices
 ``linspace(0, T-1, MIN_FRAMES)`` truncated to integers, as SOKE's ``dtype=int``) up to
 ``MIN_FRAMES``; one longer than ``MAX_FRAMES`` is subsampled the same way down to ``MAX_FRAMES``; otherwise it is centre-cropped to a multiple of
-``FRAME_MULTIPLE`` so that the tokenizer's 4x down-sampling gives a whole number of positions.
+``FRAMES_PER_POSITION`` so that the tokenizer's 4x down-sampling gives a whole number of positions.
 Ground truth for evaluation goes through the same rules.
 """
 
@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from madis.motion.base import FRAME_MULTIPLE, MAX_FRAMES, MIN_FRAMES
+from madis.motion.base import FRAMES_PER_POSITION, MAX_FRAMES, MIN_FRAMES
 
 #: Smallest standard deviation used by :func:`zscore`; features that never move (a joint the
 #: data fixes at zero) would otherwise divide by zero.
@@ -25,7 +25,7 @@ def length_indices(
     num_frames: int,
     min_frames: int = MIN_FRAMES,
     max_frames: int = MAX_FRAMES,
-    multiple: int = FRAME_MULTIPLE,
+    multiple: int = FRAMES_PER_POSITION,
 ) -> np.ndarray:
     """Frame indices (int64, into ``0..num_frames-1``) that bring a clip to a legal length.
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from madis.motion.base import PARTS, MotionFormat, get_format
+from madis.motion.base import FRAMES_PER_POSITION, PARTS, MotionFormat, get_format
 from madis.serve.config import ServeConfig
 from madis.serve.requests import SAMPLERS, GenerateRequest, Limits, RequestError
 from madis.serve.source import ModelChoice, training_languages
@@ -149,7 +149,7 @@ class LoadedModel:
                 n = int(gen.lengths[row])
                 out[i] = GenerationResult(
                     request=requests[i], tokens=tokens[row, :n].astype(np.int64),
-                    motion=motion[row, : 4 * n].astype(np.float32), step=self.choice.step,
+                    motion=motion[row, : FRAMES_PER_POSITION * n].astype(np.float32), step=self.choice.step,
                     timings={"generate_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1),
                              "batch_size": len(idx)},
                     steps_used=int(gen.steps_used[row]), threshold=used)
@@ -190,7 +190,7 @@ class LoadedModel:
                            "metrics": c.metrics, "best_updated_at": c.updated_at},
             "model": {"class": type(self.model).__name__, "backbone": m.backbone,
                       "parameters": sum(p.numel() for p in self.model.parameters()),
-                      "num_positions": m.num_positions, "max_frames": 4 * m.num_positions,
+                      "num_positions": m.num_positions, "max_frames": FRAMES_PER_POSITION * m.num_positions,
                       "sampler": m.sampler, "num_steps": m.num_steps,
                       "utc_checkpoints": list(m.utc_checkpoints),
                       "codebook_sizes": list(self.model.codebook_sizes),

@@ -1,11 +1,11 @@
 """Decoupled sign tokenizer (paper 3.1): three part VQ-VAEs with EMA codebooks. No Ray here."""
 
 from madis.tokenizer.codebook import EMACodebook, QuantizerOutput
-from madis.tokenizer.config import FRAMES_PER_TOKEN, TokenizerConfig
+from madis.tokenizer.config import TokenizerConfig
 from madis.tokenizer.decoupled import PAD_TOKEN, DecoupledTokenizer, TokenizerOutput
 from madis.tokenizer.vqvae import PartVQVAE
 
 __all__ = [
-    "FRAMES_PER_TOKEN", "PAD_TOKEN", "DecoupledTokenizer", "EMACodebook", "PartVQVAE",
+    "PAD_TOKEN", "DecoupledTokenizer", "EMACodebook", "PartVQVAE",
     "QuantizerOutput", "TokenizerConfig", "TokenizerOutput",
 ]

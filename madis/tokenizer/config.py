@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 from madis.config import ConfigError, check_bounds
 
-#: Temporal down-sampling of every part encoder: two stride-2 blocks, so one token per 4 frames.
-FRAMES_PER_TOKEN = 4
-
 
 @dataclass
 class TokenizerConfig:

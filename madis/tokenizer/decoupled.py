@@ -17,7 +17,8 @@ from torch import nn
 
 from madis.config import from_dict, to_dict
 from madis.motion import PARTS, MotionFormat, get_format
-from madis.tokenizer.config import FRAMES_PER_TOKEN, TokenizerConfig
+from madis.motion.base import FRAMES_PER_POSITION
+from madis.tokenizer.config import TokenizerConfig
 from madis.tokenizer.vqvae import PartVQVAE
 from madis.utils.pretrained import load_weights, read_config, save_pretrained
 
@@ -129,15 +130,15 @@ class DecoupledTokenizer(nn.Module):
                 f"got {tuple(motion.shape)}"
             )
         B, T, _ = motion.shape
-        if T == 0 or T % FRAMES_PER_TOKEN:
-            raise ValueError(f"frame count T={T} must be a positive multiple of {FRAMES_PER_TOKEN}")
+        if T == 0 or T % FRAMES_PER_POSITION:
+            raise ValueError(f"frame count T={T} must be a positive multiple of {FRAMES_PER_POSITION}")
         if mask is None:
             mask = torch.ones(B, T, dtype=torch.bool, device=motion.device)
         elif mask.shape != (B, T):
             raise ValueError(f"mask must be [B, T] = {(B, T)}, got {tuple(mask.shape)}")
         mask = mask.bool()
         # a token is real when any of its 4 frames is (clips have a multiple of 4 frames anyway)
-        token_mask = mask.view(B, T // FRAMES_PER_TOKEN, FRAMES_PER_TOKEN).any(-1)
+        token_mask = mask.view(B, T // FRAMES_PER_POSITION, FRAMES_PER_POSITION).any(-1)
         return mask, token_mask
 
     def _part_inputs(self, motion: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -176,7 +177,7 @@ class DecoupledTokenizer(nn.Module):
         recon, tokens, recon_l, commit_l, ppl, used = {}, [], [], [], [], []
         for j, p in enumerate(PARTS):
             frame_ok = mask & valid[..., j].bool()
-            tok_ok = token_mask & frame_ok.view(B, -1, FRAMES_PER_TOKEN).any(-1)
+            tok_ok = token_mask & frame_ok.view(B, -1, FRAMES_PER_POSITION).any(-1)
             out = self.parts[p](inputs[p], mask, tok_ok)
             recon[p] = out.recon
             err = F.smooth_l1_loss(out.recon.float(), inputs[p].float(), reduction="none").mean(-1)
@@ -272,7 +273,7 @@ class DecoupledTokenizer(nn.Module):
         safe = tokens.clamp_min(0)
         latents = [self.parts[p].quantizer.dequantize(safe[..., j]) for j, p in enumerate(PARTS)]
         motion = self.decode_latents(latents, normalized=False, token_mask=~pad.any(-1))
-        frame_pad = pad.any(-1).repeat_interleave(FRAMES_PER_TOKEN, dim=1)
+        frame_pad = pad.any(-1).repeat_interleave(FRAMES_PER_POSITION, dim=1)
         return motion.masked_fill(frame_pad[..., None], 0.0)
 
     # -- persistence ------------------------------------------------------------------------------------

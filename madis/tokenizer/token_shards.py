@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import torch
 
-from madis.tokenizer.config import FRAMES_PER_TOKEN
+from madis.motion.base import FRAMES_PER_POSITION
 from madis.tokenizer.decoupled import DecoupledTokenizer
 
 _BASE_FIELDS = ("text", "lang", "fps", "source", "composed")
@@ -36,7 +36,7 @@ def _tokenized(tokenizer: DecoupledTokenizer, src: str, split: str, batch_size: 
         device = tokenizer.mean.device
         tokens = tokenizer.encode(batch["motion"].to(device), batch["mask"].to(device)).cpu()
         for b, s in enumerate(group):
-            n = len(s["motion"]) // FRAMES_PER_TOKEN
+            n = len(s["motion"]) // FRAMES_PER_POSITION
             yield as_sample(s, tokens[b, :n].numpy().astype("int16"))
 
     group: list[dict] = []
@@ -86,7 +86,7 @@ def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
                          f"trained on {tokenizer.motion_format!r}")
     tokenizer.eval()
     info = {"tokenizer": {"codebook_sizes": list(tokenizer.codebook_sizes),
-                          "frames_per_token": FRAMES_PER_TOKEN}, "source_shards": str(src)}
+                          "frames_per_token": FRAMES_PER_POSITION}, "source_shards": str(src)}
     info.update(extra or {})
     def shards(local):
         return write_shards(

@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from madis.motion.base import FRAMES_PER_POSITION
 from madis.tokenizer.codebook import EMACodebook, QuantizerOutput
-from madis.tokenizer.config import FRAMES_PER_TOKEN, TokenizerConfig
+from madis.tokenizer.config import TokenizerConfig
 
-_NUM_DOWN = 2  # two stride-2 blocks: FRAMES_PER_TOKEN == 2 ** _NUM_DOWN
-assert FRAMES_PER_TOKEN == 2**_NUM_DOWN
+_NUM_DOWN = 2  # two stride-2 blocks: FRAMES_PER_POSITION == 2 ** _NUM_DOWN
+assert FRAMES_PER_POSITION == 2**_NUM_DOWN
 
 
 def _keep(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -156,6 +157,6 @@ class PartVQVAE(nn.Module):
             mask: bool ``[B, T]``, True at real frames.
             token_valid: bool ``[B, T/4]``; False positions stay out of the codebook statistics.
         """
-        token_mask = None if mask is None else mask.view(mask.shape[0], -1, FRAMES_PER_TOKEN).any(-1)
+        token_mask = None if mask is None else mask.view(mask.shape[0], -1, FRAMES_PER_POSITION).any(-1)
         quant = self.quantizer(self.encode_latents(x, mask), token_valid)
         return PartOutput(self.decode_latents(quant.z_q, token_mask), quant)

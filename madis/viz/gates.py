@@ -6,14 +6,14 @@ import os
 
 import numpy as np
 
-from madis.motion.base import FRAME_MULTIPLE
+from madis.motion.base import FRAMES_PER_POSITION
 from madis.viz.render import PART_COLORS
 
 _LABELS = {"body": "body", "lhand": "left hand", "rhand": "right hand"}
 
 
 def plot_gates(gates, path: str | os.PathLike | None = None, *, fps: float | None = None,
-               frames_per_token: int = FRAME_MULTIPLE, text: str | None = None,
+               frames_per_token: int = FRAMES_PER_POSITION, text: str | None = None,
                width: int = 640, height: int = 240) -> np.ndarray:
     """Stacked-area plot of MoP gate weights per sign position.
 
