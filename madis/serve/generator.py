@@ -298,7 +298,7 @@ def stage_views(tokenizer, tokens: torch.Tensor, masked: torch.Tensor, body_code
     out = []
     for r in range(b):
         length = int(lengths[r])
-        frames = motion[r, : 4 * length] if bool(known[r].any()) else motion[r, :0]
+        frames = motion[r, : FRAMES_PER_POSITION * length] if bool(known[r].any()) else motion[r, :0]
         out.append((codes[r, :length].astype(np.int64), frames.astype(np.float32)))
     return out
 
