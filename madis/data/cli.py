@@ -43,6 +43,32 @@ def add_parser(subparsers) -> None:
     t.add_argument("--force", action="store_true", help="rebuild even when up to date")
     t.set_defaults(func=cmd_build_pretrain)
 
+    q = sub.add_parser("build-pose", help="build keypoints shards from your own .pose files",
+                       description="Build keypoints shards from an index of .pose files (CSV, or "
+                                   "JSON lines for *.jsonl): columns path, text, lang and optional "
+                                   "split, start, end (seconds), fps, person. MediaPipe Holistic "
+                                   "(full or reduced) and OpenPose files; see "
+                                   "madis/data/posecorpus.py and README 'Your own .pose data'. "
+                                   "Every row's outcome goes to OUT/build_report.json.")
+    q.add_argument("index", metavar="INDEX", help="the index (local path or s3://)")
+    q.add_argument("--out", required=True, help="output shard directory (local, or s3://: built "
+                                                "in a temporary directory, then uploaded)")
+    q.add_argument("--person", type=int, default=0,
+                   help="person of each file, 0-based (default 0: the first; a row's person wins)")
+    q.add_argument("--seed", type=int, default=0, help="split and order seed (default 0)")
+    q.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share of texts without a split column value that go to val (default 0.1)")
+    q.add_argument("--test-fraction", type=float, default=0.1, metavar="F",
+                   help="share that goes to test (default 0.1)")
+    q.add_argument("--estimates-valid", action="store_true",
+                   help="count body points estimated from the face (reduced holistic, OpenPose "
+                        "mouth corners) as valid, so the tokenizer trains on those bodies")
+    q.add_argument("--licence", default=None, help="licence of the corpus, for the manifest")
+    q.add_argument("--strict", action="store_true",
+                   help="write nothing (and exit 1) if any row is refused")
+    q.add_argument("--force", action="store_true", help="replace another shard set at --out")
+    q.set_defaults(func=cmd_build_pose)
+
     z = sub.add_parser("tokenize", help="encode motion shards with the tokenizer of a token set",
                        description="Encode the motion shards SHARDS with the tokenizer that wrote "
                                    "the token shards LIKE (its manifest's tokenizer_export) and "
@@ -118,6 +144,49 @@ def cmd_build_pretrain(args: argparse.Namespace) -> int:
     m = build_pretrain_corpus(out, per_language=k)
     print(f"{out}/: built {m['splits']['train']['samples']} pseudo-words ({k} per sign language) "
           f"in {len(m['splits']['train']['shards'])} shards")
+    return 0
+
+
+def cmd_build_pose(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from madis.data import storage
+    from madis.data.posecorpus import CORPUS, DEFAULT_LICENCE, REPORT, build_pose_corpus
+
+    if args.person < 0:
+        print(f"error: --person must be >= 0, got {args.person}", file=sys.stderr)
+        return 2
+    remote = storage.is_s3(args.out)
+    if not args.force and not remote and _holds_other_shards(storage.local_path(args.out), CORPUS):
+        print(f"error: {args.out} holds another shard set; pick another --out or pass --force to "
+              f"replace it", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="madis-build-pose-") as tmp:
+        out = tmp if remote else args.out
+        try:
+            result = build_pose_corpus(
+                args.index, out, person=args.person, seed=args.seed,
+                val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                strict=args.strict, estimates_valid=args.estimates_valid,
+                licence=args.licence or DEFAULT_LICENCE)
+        except (ValueError, FileNotFoundError) as exn:
+            print(f"error: {exn}", file=sys.stderr)
+            return 2
+        if remote:
+            storage.upload_dir(tmp, args.out)
+    for o in result.outcomes:
+        if o.outcome != "ok":
+            print(f"row {o.row} {o.path}: refused: {o.reason}")
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    n, used = len(result.outcomes), result.used
+    print(f"{args.out}: {used} of {n} rows used, {n - used} refused; report "
+          f"{storage.join(args.out, REPORT)}")
+    if result.manifest is None:
+        print(f"error: nothing written to {args.out}", file=sys.stderr)
+        return 1
+    print(f"{args.out}: " + ", ".join(f"{s} {v['samples']} samples in {len(v['shards'])} shards"
+                                      for s, v in result.manifest["splits"].items()))
     return 0
 
 

@@ -14,6 +14,34 @@ mesh (it would outweigh everything else; the mouth corners and eyes keep the coa
 pose's own hand points (pinky/index/thumb: the 21-point hands are finer), and hips and legs (often
 out of frame in signing videos and not part of signing).
 
+Reading (:func:`read_pose_points`): the layouts the sign-language-processing ecosystem writes
+with pose-format, one person of the file (the first unless told), optionally a time cut:
+
+* **MediaPipe Holistic**, full (``POSE_LANDMARKS`` 33 points, ``FACE_LANDMARKS``, hands, with or
+  without ``POSE_WORLD_LANDMARKS``, which is not read) or reduced (pose-format's
+  ``reduce_holistic``: ``POSE_LANDMARKS`` keeps 8 points, no nose, eyes, ears or mouth, and
+  ``FACE_LANDMARKS`` keeps the 128 contour points of the face mesh).
+* **OpenPose** BODY_25 (``pose_keypoints_2d`` with ``hand_left_keypoints_2d`` /
+  ``hand_right_keypoints_2d`` and optionally ``face_keypoints_2d``): every body point has an
+  OpenPose namesake except the mouth corners (:data:`OPENPOSE_BODY`); OpenPose hands have
+  MediaPipe's 21-point order (wrist, then 4 points per finger from the thumb). The files are 2-D:
+  ``z`` is 0 and :attr:`HolisticPoints.depth` False. The ``[T, 3]`` validity mask has no per-axis
+  flag, so the parts stay valid; MediaPipe's own ``z`` as pose-format writes it is not scaled
+  to pixels (x and y are), and is about 0.6 % of ``|x|`` after normalisation in the sample
+  lexicon, so 2-D and MediaPipe clips mix without a depth mismatch worth modelling.
+
+A body point the body component does not have is **estimated** from the file's face points
+where it has them (:data:`FACE_ESTIMATES`: MediaPipe face-mesh contour points for reduced
+holistic, OpenPose's face for its mouth corners) and is otherwise filled by the parent rule
+below; either way it is never a detection, so the body is *invalid* in every frame of such a
+file (the tokenizer's body loss skips it) unless the caller counts estimates as valid
+(``estimates_valid``). Measured on the sample lexicon (full holistic files, where both exist),
+the face-mesh estimates lie 0.03-0.06 shoulder widths from MediaPipe's pose points (eye
+distance: 0.22). A point is *absent* in a frame when it is masked, has confidence 0, is not
+finite or sits exactly at (0, 0, 0) (what MediaPipe and OpenPose write for an undetected point:
+an empty frame and an all-zero hand are therefore invalid). Files without a body component
+(hand-only) or without shoulders are refused with a one-line reason.
+
 Processing of one clip, in order (:func:`clip_from_pose`):
 
 1. **Normalisation, per clip**: subtract the clip's mean shoulder midpoint and divide by its
@@ -27,8 +55,9 @@ Processing of one clip, in order (:func:`clip_from_pose`):
    between the nearest frames that have the data, and by the nearest such frame before the
    first / after the last one: per point for the body (MediaPipe often masks one off-screen
    wrist while the rest of the pose is fine), per whole hand for the hands (hands are detected
-   all or nothing). A body point never detected in the clip follows its parent
-   (:data:`BODY_PARENT`, e.g. a wrist sits on its elbow). A hand never detected in the clip is
+   all or nothing). A body point never detected in the clip takes its estimate where the file
+   gives one (see Reading), else follows its parent (:data:`BODY_PARENT`, e.g. a wrist sits on
+   its elbow). A hand never detected in the clip is
    placed at the pose's wrist of the same side with a mean hand shape (wrist-relative,
    ``mean_hands``: the corpus mean when the caller computed one, else every point at the
    wrist). A clip whose shoulders are never detected is rejected. The ``[T, 3]`` validity mask
@@ -44,7 +73,7 @@ the alignment joint 0, each hand wrist first (docs/design.md#dtw-jpe).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -112,19 +141,75 @@ class KeypointsFormat(MotionFormat):
 KEYPOINTS_FORMAT = register(KeypointsFormat())
 
 
+#: OpenPose BODY_25 name of each body landmark (the mouth corners come from its face, if any)
+OPENPOSE_BODY = {
+    "NOSE": "Nose", "LEFT_EYE": "LEye", "RIGHT_EYE": "REye", "LEFT_EAR": "LEar", "RIGHT_EAR": "REar",
+    "LEFT_SHOULDER": "LShoulder", "RIGHT_SHOULDER": "RShoulder", "LEFT_ELBOW": "LElbow",
+    "RIGHT_ELBOW": "RElbow", "LEFT_WRIST": "LWrist", "RIGHT_WRIST": "RWrist",
+}
+_MESH_EYES = {"LEFT_EYE": ("263", "362"), "RIGHT_EYE": ("33", "133")}  # outer, inner corner
+#: How a body landmark the body component lacks is estimated: ``{layout: {landmark: ((face
+#: point, weight), ...)}}``. MediaPipe face mesh (contour points, all kept by
+#: ``reduce_holistic``): an eye is the mean of its corners, the nose tip halfway between the
+#: eyes' midpoint and the top of the upper lip (point 0), an ear the face outline at ear height
+#: (234 / 454), the mouth corners 61 / 291. OpenPose face (68-point iBUG order): mouth corners 48
+#: (the signer's right) and 54. Left/right are the signer's, as in MediaPipe's pose names.
+FACE_ESTIMATES = {
+    "holistic": {
+        "LEFT_EYE": tuple((p, 0.5) for p in _MESH_EYES["LEFT_EYE"]),
+        "RIGHT_EYE": tuple((p, 0.5) for p in _MESH_EYES["RIGHT_EYE"]),
+        "NOSE": (("0", 0.5),) + tuple((p, 0.125) for e in _MESH_EYES.values() for p in e),
+        "LEFT_EAR": (("454", 1.0),), "RIGHT_EAR": (("234", 1.0),),
+        "MOUTH_LEFT": (("291", 1.0),), "MOUTH_RIGHT": (("61", 1.0),),
+    },
+    "openpose": {"MOUTH_LEFT": (("FLO_54", 1.0),), "MOUTH_RIGHT": (("FLO_48", 1.0),)},
+}
+
+
+@dataclass(frozen=True)
+class PoseLayout:
+    """Where a pose-format layout keeps the 55 points (see module doc, Reading)."""
+
+    name: str
+    body: str  # body component
+    body_names: Mapping[str, str]  # landmark -> point name in ``body``
+    hands: Mapping[str, str]  # part -> hand component (21 points in MediaPipe's order)
+    face: str  # face component for :data:`FACE_ESTIMATES`
+
+
+LAYOUTS = {
+    "holistic": PoseLayout("holistic", "POSE_LANDMARKS", {n: n for n in BODY_LANDMARKS},
+                           dict(_HAND_COMPONENT), "FACE_LANDMARKS"),
+    "openpose": PoseLayout("openpose", "pose_keypoints_2d", OPENPOSE_BODY,
+                           {"lhand": "hand_left_keypoints_2d", "rhand": "hand_right_keypoints_2d"},
+                           "face_keypoints_2d"),
+}
+
+
 @dataclass
 class HolisticPoints:
     """The 55 points of one ``.pose`` clip before processing.
 
     Attributes:
-        xyz: ``[T, 55, 3]`` float32 in the file's units (pixels for MediaPipe).
-        present: ``[T, 55]`` bool, False where the point was masked / had zero confidence.
-        fps: frames per second of the file.
+        xyz: ``[T, 55, 3]`` float32 in the file's units (pixels for MediaPipe and OpenPose).
+        present: ``[T, 55]`` bool, True where the point was detected (module doc, Reading).
+        fps: frames per second of the clip (the file header's).
+        estimated: ``[T, 55]`` bool, True where ``xyz`` holds an estimate of a point the file
+            lacks (never where ``present``); ``None``: no estimates.
+        layout: ``holistic`` or ``openpose``.
+        depth: False for 2-D files (``z`` is 0).
+        people: people in the file.
+        notes: what the reader had to do about the file (one line each), for build reports.
     """
 
     xyz: np.ndarray
     present: np.ndarray
     fps: float
+    estimated: np.ndarray | None = None
+    layout: str = "holistic"
+    depth: bool = True
+    people: int = 1
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -136,43 +221,161 @@ class KeypointClip:
     fps: float
 
 
-def read_pose_points(source: str | os.PathLike | bytes) -> HolisticPoints:
-    """Read the body/hand points of the first person in a MediaPipe Holistic ``.pose`` file.
+def detect_layout(components: Mapping[str, list]) -> PoseLayout:
+    """The layout of a file from its ``{component: point names}``.
 
     Raises:
-        ValueError: the file lacks ``POSE_LANDMARKS`` or a hand component, or a body landmark.
+        ValueError: no body component the reader knows (hand-only files, AlphaPose, ...), or a
+            body component without both shoulders.
     """
+    for layout in LAYOUTS.values():
+        if layout.body in components:
+            break
+    else:
+        try:
+            from pose_format.utils.generic import detect_known_pose_format
+
+            from pose_format.pose_header import PoseHeader, PoseHeaderComponent, PoseHeaderDimensions
+
+            known = detect_known_pose_format(PoseHeader(0.2, PoseHeaderDimensions(1, 1), [
+                PoseHeaderComponent(c, list(p), [], [], "XYC") for c, p in components.items()]))
+        except ValueError:
+            known = "unknown"
+        raise ValueError(
+            f"no body component (layout {known}, components {sorted(components)}): the keypoints "
+            "format needs POSE_LANDMARKS (MediaPipe Holistic) or pose_keypoints_2d (OpenPose) "
+            "to place and scale the signer by the shoulders")
+    names = components[layout.body]
+    for side in ("LEFT_SHOULDER", "RIGHT_SHOULDER"):
+        if layout.body_names[side] not in names:
+            raise ValueError(f"{layout.body} has no {layout.body_names[side]}: the keypoints "
+                             "format places and scales the signer by the shoulders")
+    return layout
+
+
+def read_pose_points(source: str | os.PathLike | bytes, person: int = 0, *,
+                     start: float | None = None, end: float | None = None,
+                     fps: float | None = None) -> HolisticPoints:
+    """Read the 55 points of one person of a ``.pose`` file (module doc, Reading).
+
+    Args:
+        source: a local path or the file's bytes (``madis.data.posecorpus`` fetches ``s3://``).
+        person: which person of the file (0: the first).
+        start, end: seconds; keep frames ``floor(start * fps) .. ceil(end * fps) - 1`` only
+            (pose-format reads just those frames), ``fps`` being the header's.
+        fps: the frame rate to use when the header has none (0 or not finite); a header rate
+            that differs from it wins and the difference is noted.
+    Returns:
+        :class:`HolisticPoints` of the kept frames.
+    Raises:
+        ValueError: an unknown layout, no shoulders, a hand component without 21 points, no such
+            person, no frame rate, or a cut outside the recording (the message says which).
+        FileNotFoundError: a missing file.
+    """
+    import io
+    import math
+
     from pose_format import Pose
+    from pose_format.pose_body import EmptyPoseBody
 
     data = source if isinstance(source, bytes) else open(source, "rb").read()
-    pose = Pose.read(data)
-    offsets, names, start = {}, {}, 0
-    for comp in pose.header.components:
-        offsets[comp.name] = start
-        names[comp.name] = list(comp.points)
-        start += len(comp.points)
-    for comp in ("POSE_LANDMARKS", *_HAND_COMPONENT.values()):
-        if comp not in offsets:
-            raise ValueError(f"{_where(source)}: no {comp} component (has {sorted(offsets)})")
-    idx = []
-    for lm in BODY_LANDMARKS:
-        if lm not in names["POSE_LANDMARKS"]:
-            raise ValueError(f"{_where(source)}: POSE_LANDMARKS has no {lm}")
-        idx.append(offsets["POSE_LANDMARKS"] + names["POSE_LANDMARKS"].index(lm))
+    where = _where(source)
+    head = Pose.read(io.BytesIO(data), pose_body=EmptyPoseBody)  # header, fps and frame count
+    comps = {c.name: list(c.points) for c in head.header.components}
+    layout = detect_layout(comps)
+    total, people = int(head.body.data.shape[0]), int(head.body.data.shape[1])
+    notes: list[str] = []
+    clip_fps = float(head.body.fps)
+    if not (math.isfinite(clip_fps) and clip_fps > 0):
+        if fps is None:
+            raise ValueError(f"{where}: the header has no frame rate ({clip_fps}); give one (fps)")
+        notes.append(f"header frame rate {clip_fps}: used the given {fps:g} fps")
+        clip_fps = float(fps)
+    elif fps is not None and abs(float(fps) - clip_fps) > 1e-3:
+        notes.append(f"given {fps:g} fps, header {clip_fps:g} fps: resampled by the header's")
+    if not 0 <= person < people:
+        raise ValueError(f"{where}: person {person} asked, the file has {people} "
+                         f"{'person' if people == 1 else 'people'} (0-based)")
+    cut = {}
+    if start is not None or end is not None:
+        s = 0.0 if start is None else float(start)
+        e = total / clip_fps if end is None else float(end)
+        first, stop = int(math.floor(s * clip_fps + 1e-6)), int(math.ceil(e * clip_fps - 1e-6))
+        if first >= total:
+            raise ValueError(f"{where}: the cut starts at {s:g} s, the recording is "
+                             f"{total / clip_fps:.2f} s long")
+        if not (0 <= s < e) or stop <= first:
+            raise ValueError(f"{where}: bad cut start={start} end={end} (need 0 <= start < end)")
+        if stop > total:
+            notes.append(f"the cut ends at {e:g} s, past the recording's {total / clip_fps:.2f} s")
+        cut = {"start_frame": first, "end_frame": min(stop, total)}
+    pose = Pose.read(data, **cut)
+    offsets, start_idx = {}, 0
+    for c in pose.header.components:
+        offsets[c.name] = start_idx
+        start_idx += len(c.points)
+
+    def index(comp: str, name: str) -> int | None:
+        if comp not in comps or name not in comps[comp]:
+            return None
+        return offsets[comp] + comps[comp].index(name)
+
+    idx = [index(layout.body, layout.body_names.get(lm, "")) for lm in BODY_LANDMARKS]
     for part in ("lhand", "rhand"):
-        comp = _HAND_COMPONENT[part]
-        if len(names[comp]) != NUM_HAND:
-            raise ValueError(f"{_where(source)}: {comp} has {len(names[comp])} points, not 21")
-        idx.extend(range(offsets[comp], offsets[comp] + NUM_HAND))
-    idx = np.asarray(idx)
-    raw = pose.body.data[:, 0]  # first person
-    conf = np.asarray(pose.body.confidence[:, 0])[:, idx]
-    xyz = np.asarray(np.ma.getdata(raw), np.float32)[:, idx, :3]
-    mask = np.ma.getmaskarray(raw)[:, idx].any(-1)
-    present = (conf > 0) & ~mask & np.isfinite(xyz).all(-1)
-    if xyz.shape[-1] < 3:  # 2-D files: z = 0
-        xyz = np.concatenate([xyz, np.zeros(xyz.shape[:-1] + (3 - xyz.shape[-1],), np.float32)], -1)
-    return HolisticPoints(xyz=xyz, present=present, fps=float(pose.body.fps))
+        comp = layout.hands[part]
+        if comp not in comps:
+            notes.append(f"no {comp} component")
+            idx.extend([None] * NUM_HAND)
+        elif len(comps[comp]) != NUM_HAND:
+            raise ValueError(f"{where}: {comp} has {len(comps[comp])} points, not 21")
+        else:
+            idx.extend(range(offsets[comp], offsets[comp] + NUM_HAND))
+    T = len(pose.body.data)
+    raw = pose.body.data[:, person]
+    values = np.asarray(np.ma.getdata(raw), np.float32)
+    masked = np.ma.getmaskarray(raw).any(-1)
+    conf = np.asarray(pose.body.confidence[:, person], np.float32)
+    dims = values.shape[-1]
+
+    def take(ids: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """``[T, len(ids), 3]`` points and their presence; ``None`` ids are absent."""
+        have = np.array([i is not None for i in ids], bool)
+        safe = np.array([i if i is not None else 0 for i in ids], np.int64)
+        xyz = np.zeros((T, len(ids), 3), np.float32)
+        xyz[..., :min(dims, 3)] = values[:, safe, :3]
+        ok = (conf[:, safe] > 0) & ~masked[:, safe] & np.isfinite(xyz).all(-1) & (xyz != 0).any(-1)
+        ok &= have[None]
+        xyz[~have[None].repeat(T, 0)] = 0
+        return np.where(np.isfinite(xyz), xyz, 0).astype(np.float32), ok
+
+    xyz, present = take(idx)
+    lacking = [lm for lm, i in zip(BODY_LANDMARKS, idx) if i is None]
+    estimated = None
+    if lacking:
+        recipes = FACE_ESTIMATES.get(layout.name, {})
+        got = []
+        estimated = np.zeros((T, NUM_POINTS), bool)
+        for lm in lacking:
+            recipe = recipes.get(lm)
+            ids = [index(layout.face, p) for p, _ in recipe] if recipe else [None]
+            if None in ids:
+                continue
+            pts, ok = take(ids)
+            w = np.array([wt for _, wt in recipe], np.float32)
+            j = BODY_LANDMARKS.index(lm)
+            xyz[:, j] = np.einsum("tpc,p->tc", pts, w)
+            estimated[:, j] = ok.all(-1)
+            got.append(lm)
+        missed = [lm for lm in lacking if lm not in got]
+        notes.append(f"{layout.body} lacks {', '.join(lacking)}: "
+                     + (f"{', '.join(got)} estimated from {layout.face}" if got else "")
+                     + ("; " if got and missed else "")
+                     + (f"{', '.join(missed)} on their parent points" if missed else "")
+                     + " (body marked invalid)")
+    if dims < 3:
+        notes.append("2-D file: z = 0")
+    return HolisticPoints(xyz=xyz, present=present, fps=clip_fps, estimated=estimated,
+                          layout=layout.name, depth=dims >= 3, people=people, notes=notes)
 
 
 def _where(source) -> str:
@@ -209,7 +412,8 @@ def _interpolate_part(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def fill_missing(
-    xyz: np.ndarray, present: np.ndarray, mean_hands: Mapping[str, np.ndarray] | None = None
+    xyz: np.ndarray, present: np.ndarray, mean_hands: Mapping[str, np.ndarray] | None = None,
+    estimated: np.ndarray | None = None, estimates_valid: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply the missing-detection rule (module doc, step 2).
 
@@ -218,21 +422,29 @@ def fill_missing(
         present: ``[T, 55]`` detection flags.
         mean_hands: optional ``{"lhand": [21, 3], "rhand": [21, 3]}`` wrist-relative hand
             shapes for never-detected hands (default: every point at the wrist).
+        estimated: optional ``[T, 55]``, True where ``xyz`` holds an estimate of a point the
+            file lacks (:attr:`HolisticPoints.estimated`): a never-detected point is filled from
+            its estimates (interpolated between them) before the parent rule applies.
+        estimates_valid: count estimated points as detected in ``valid`` (default: invalid).
     Returns:
         ``(filled [T, 55, 3], valid [T, 3])``.
     Raises:
         ValueError: a shoulder is never detected.
     """
     out = xyz.copy()
+    est = np.zeros_like(present) if estimated is None else estimated & ~present
+    counted = present | est if estimates_valid else present
     valid = np.zeros((len(xyz), 3), bool)
     for k, part in enumerate(PARTS):
         sl = POINT_SLICES[part]
-        valid[:, k] = present[:, sl].all(-1)
+        valid[:, k] = counted[:, sl].all(-1)
     for name in _BODY_FILL_ORDER:
         j = BODY_LANDMARKS.index(name)
         v = present[:, j]
         if v.all():
             continue
+        if not v.any() and est[:, j].any():
+            v = est[:, j]
         if v.any():
             out[:, j:j + 1] = _interpolate_part(xyz[:, j:j + 1], v)
         elif name in BODY_PARENT:
@@ -290,14 +502,17 @@ def process_points(
     points: HolisticPoints,
     mean_hands: Mapping[str, np.ndarray] | None = None,
     fps: float = FPS,
+    estimates_valid: bool = False,
 ) -> KeypointClip:
     """Normalise, fill and resample raw points (module doc steps 1-3); no length rules yet.
+
+    ``estimates_valid``: see :func:`fill_missing`.
 
     Raises:
         ValueError: the shoulders are never detected.
     """
     xyz = normalize_points(points)
-    filled, valid = fill_missing(xyz, points.present, mean_hands)
+    filled, valid = fill_missing(xyz, points.present, mean_hands, points.estimated, estimates_valid)
     filled, valid = resample(filled, valid, points.fps, fps)
     return KeypointClip(motion=filled.reshape(len(filled), DIM).astype(np.float32),
                         valid=valid, fps=fps)
