@@ -192,6 +192,29 @@ def upload_if_missing(local: Path, url: str) -> str:
     return f"uploaded {local} -> {url}"
 
 
+def own_corpus(shards: Path) -> tuple[str, tuple[str, str]]:
+    """``madis up --shards DIR``: the corpus's name on the local S3 server and in storage/
+    (``corpus-`` + its manifest's SHA-256, so a rebuilt corpus gets fresh runs) and the demo
+    request (the first test sample's text and language, else val's, else train's).
+
+    Raises:
+        SystemExit: not a local motion shard directory.
+    """
+    from madis.data.shards import iter_samples, read_manifest
+
+    manifest = shards / "manifest.json"
+    if not manifest.is_file():
+        raise SystemExit(f"--shards {shards}: no manifest.json there; build your corpus with "
+                         "`madis data build-pose INDEX --out DIR` (README 'Your own .pose data')")
+    m = read_manifest(str(shards))
+    if m.get("tokens"):
+        raise SystemExit(f"--shards {shards} holds token shards; give the motion shards")
+    split = next(s for s in ("test", "val", "train") if m["splits"].get(s, {}).get("samples"))
+    first = next(iter_samples(str(shards), split, shuffle=False, manifest=m))["meta"]
+    name = "corpus-" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:8]
+    return name, (first["text"], first["lang"])
+
+
 def ray_running(env: dict[str, str]) -> bool:
     out = subprocess.run(["ray", "job", "list", "--address", DASHBOARD], env=env,
                          capture_output=True, text=True, timeout=60)
@@ -276,9 +299,9 @@ def wait_http(url: str, timeout_s: float) -> bool:
     return False
 
 
-def demo_request(paths: Paths) -> str:
-    """One POST /generate (JSON and GIF) to the service; returns a one-line summary."""
-    text, lang = DEMO_TEXT
+def demo_request(paths: Paths, demo: tuple[str, str] = DEMO_TEXT) -> str:
+    """One POST /generate (JSON and GIF) of ``demo`` (text, lang); returns a one-line summary."""
+    text, lang = demo
     body = json.dumps({"text": text, "lang": lang}).encode()
     req = urllib.request.Request(f"{SERVE_URL}/generate", data=body,
                                  headers={"Content-Type": "application/json"})
@@ -314,6 +337,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     ensure_isolated(["up", *_argv_of(args)])
     paths = Paths(find_repo(), args.storage)
     paths.logs.mkdir(parents=True, exist_ok=True)
+    data_url, tokens_url, demo = SAMPLE_URL, TOKENS_URL, DEMO_TEXT
+    if args.shards:
+        name, demo = own_corpus(args.shards)
+        data_url, tokens_url = f"{BUCKET}/{name}", f"{BUCKET}/{name}-tokens"
+        paths.storage_dir = args.storage or paths.repo / "storage" / name
     t0 = time.monotonic()
     env = _env(paths, _s3_env())
     os.environ.update(_s3_env())
@@ -322,17 +350,21 @@ def cmd_up(args: argparse.Namespace) -> int:
     step("S3-compatible server on 127.0.0.1")
     step.done(start_s3(paths))
 
-    step("sample shards (real fingerspelling clips, 19 sign languages)")
     from madis.data.sample import build_sample_corpus, is_up_to_date
 
-    if is_up_to_date(paths.shards):
-        step.done(f"{paths.shards} up to date")
+    if args.shards:
+        step(f"your shards ({args.shards}; runs in {paths.storage})")
+        step.done(f"demo request: {demo[0]!r} [{demo[1]}]")
     else:
-        build_sample_corpus(paths.shards)
-        step.done(f"built into {paths.shards}")
+        step("sample shards (real fingerspelling clips, 19 sign languages)")
+        if is_up_to_date(paths.shards):
+            step.done(f"{paths.shards} up to date")
+        else:
+            build_sample_corpus(paths.shards)
+            step.done(f"built into {paths.shards}")
 
-    step(f"upload to {SAMPLE_URL}")
-    step.done(upload_if_missing(paths.shards, SAMPLE_URL))
+    step(f"upload to {data_url}")
+    step.done(upload_if_missing(args.shards or paths.shards, data_url))
 
     step("Ray cluster on 127.0.0.1")
     step.done(start_ray(env, args.num_cpus, paths.ray_temp))
@@ -340,18 +372,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     st = paths.storage
     step("tokenizer job (ray job submit ray_jobs/train_tokenizer.py)")
     run_job("tokenizer", "ray_jobs/train_tokenizer.py",
-            ["--shards", SAMPLE_URL, "--tokens", TOKENS_URL, *_overrides(args, "tokenizer", st)],
+            ["--shards", data_url, "--tokens", tokens_url, *_overrides(args, "tokenizer", st)],
             paths, env)
-    step.done(f"token shards at {TOKENS_URL}")
+    step.done(f"token shards at {tokens_url}")
 
     step("SiCLIP job (ray job submit ray_jobs/train_siclip.py)")
     run_job("siclip", "ray_jobs/train_siclip.py",
-            ["--shards", SAMPLE_URL, *_overrides(args, "siclip", st)], paths, env)
+            ["--shards", data_url, *_overrides(args, "siclip", st)], paths, env)
     step.done(f"run {st / 'siclip'}")
 
     step("pretraining job (ray job submit ray_jobs/pretrain.py)")
     run_job("pretrain", "ray_jobs/pretrain.py",
-            ["--shards", TOKENS_URL, *_overrides(args, "pretrain", st)], paths, env)
+            ["--shards", tokens_url, *_overrides(args, "pretrain", st)], paths, env)
     step.done(f"run {st / 'pretrain'}")
 
     step("fine-tuning job with the eval fleet beside it")
@@ -360,7 +392,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 paths, env)
     try:
         run_job("finetune", "ray_jobs/finetune.py",
-                ["--shards", TOKENS_URL, *_overrides(args, "finetune", st)], paths, env)
+                ["--shards", tokens_url, *_overrides(args, "finetune", st)], paths, env)
     except SystemExit:
         fleet.proc.terminate()
         raise
@@ -380,7 +412,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                                             f"--config={args.config}"], paths, env)
     if not wait_http(f"{SERVE_URL}/healthz", 300):
         raise SystemExit(f"the service did not become healthy; see {paths.logs}/serve.log")
-    step.done(demo_request(paths))
+    step.done(demo_request(paths, demo))
 
     ns = netns_hint()
     print(f"""
@@ -467,6 +499,10 @@ def add_parser(subparsers) -> None:
     up.add_argument("--num-cpus", type=int, default=2, help="CPUs the local Ray cluster offers")
     up.add_argument("--quick", type=int, default=0, metavar="STEPS",
                     help="cut every training job to STEPS steps (a smoke test of the chain)")
+    up.add_argument("--shards", type=Path, default=None, metavar="DIR",
+                    help="your own motion shard directory (madis data build-pose) instead of the "
+                         "sample corpus; runs go to storage/corpus-<manifest digest>/ unless "
+                         "--storage")
     up.set_defaults(func=cmd_up)
     down = subparsers.add_parser(
         "down", help="stop what `madis up` started (Ray, Serve, S3)",
@@ -478,4 +514,5 @@ def add_parser(subparsers) -> None:
 
 def _argv_of(args: argparse.Namespace) -> list[str]:
     out = [f"--config={args.config}", f"--num-cpus={args.num_cpus}", f"--quick={args.quick}"]
+    out += [f"--shards={args.shards.resolve()}"] if args.shards else []
     return out + ([f"--storage={args.storage.resolve()}"] if args.storage else [])
