@@ -315,7 +315,7 @@ def demo_request(paths: Paths, demo: tuple[str, str] = DEMO_TEXT) -> str:
         with urllib.request.urlopen(req, timeout=120) as r:
             gif.write_bytes(r.read())
         rendered = f"rendered to {gif}"
-    except urllib.error.HTTPError as e:  # e.g. an undertrained model that ends at once
+    except urllib.error.HTTPError as e:  # e.g. smplx133 without the SMPL-X model files
         rendered = f"no rendering: {e.code} {e.read()[:200].decode(errors='replace')}"
     (paths.demo / f"{text}_{lang}.json").write_text(json.dumps(reply)[:10_000_000])
     timings = reply.get("timings", {})

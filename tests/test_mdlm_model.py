@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -155,7 +156,8 @@ def test_generate_shapes_stages_and_truncation(model):
     assert torch.equal(~out.trace[1], (pos % 4 == 0).expand(3, -1))
     assert torch.equal(~out.trace[2], (pos % 2 == 0).expand(3, -1))
     motions = model.decode_motion(out)
-    assert [m.shape[0] for m in motions] == [4 * int(n) for n in out.lengths]
+    # an empty generation decodes to one position of the still mean pose
+    assert [m.shape[0] for m in motions] == [4 * max(int(n), 1) for n in out.lengths]
     assert all(m.shape[1] == 133 for m in motions)
     with pytest.raises(ValueError):
         model.generate([], [])
@@ -163,6 +165,18 @@ def test_generate_shapes_stages_and_truncation(model):
     alone = model.generate(TEXTS[1:2], LANGS[1:2], num_steps=6)
     assert torch.equal(alone.tokens[0], out.tokens[1])
 
+
+def test_an_empty_generation_decodes_to_the_still_mean_pose(model):
+    """docs/design.md#empty-generations: one position of the tokenizer's mean pose."""
+    out = model.generate(TEXTS, LANGS, num_steps=6)
+    out.tokens, out.lengths = out.tokens.clone(), out.lengths.clone()
+    out.tokens[0], out.lengths[0] = -1, 0
+    motions = model.decode_motion(out)
+    mean = model.tokenizer.mean.float().numpy()
+    assert motions[0].shape == (4, 133) and motions[0].dtype == np.float32
+    np.testing.assert_allclose(motions[0], np.broadcast_to(mean, (4, 133)), atol=1e-5)
+    for m, n in zip(motions[1:], out.lengths[1:].tolist()):
+        assert m.shape == (4 * max(n, 1), 133)
 
 def test_speedups_that_must_not_change_outputs(tok):
     torch.manual_seed(0)

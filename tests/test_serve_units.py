@@ -189,12 +189,20 @@ def test_json_body_holds_tokens_motion_and_screen_view(loaded):
     assert len(out["screen"]["bones"]["lhand"]) == 21 and out["timings"]["batch_size"] == 1
 
 
-def test_no_frames_is_a_clear_422(loaded):
-    from madis.serve.generator import GenerationResult, render_gif
+def test_an_empty_generation_is_served_as_the_still_mean_pose(tmp_path):
+    """docs/design.md#empty-generations: [EOS] first gives no tokens and one position (4 frames)
+    of the tokenizer's mean pose, which JSON, GIF and .pose all carry."""
+    from madis.serve.generator import LoadedModel, render_gif, render_pose, result_json
     from madis.serve.requests import GenerateRequest
 
-    empty = GenerationResult(GenerateRequest("HI", "ase", 6, "utc"), np.zeros((0, 3), np.int64),
-                             np.zeros((0, 165), np.float32), 10)
-    with pytest.raises(RequestError) as info:
-        render_gif(empty, loaded.format)
-    assert (info.value.status, info.value.code) == (422, "no_frames")
+    write_run(tmp_path, steps=(10,))
+    lm = LoadedModel.load(choose_model(str(tmp_path / "finetune")), ServeConfig())
+    with torch.no_grad():  # the body head says [EOS] at every position
+        lm.model.heads.heads[0].bias[lm.model.codebook_sizes[0]] = 1e4
+    res = lm.generate([GenerateRequest("HI", "ase", 6, "utc")])[0]
+    assert res.tokens.shape == (0, 3) and res.motion.shape == (4, 165)
+    mean = lm.model.tokenizer.mean.numpy()
+    np.testing.assert_allclose(res.motion, np.broadcast_to(mean, (4, 165)), atol=1e-6)
+    out = json.loads(result_json(res, lm.format, screen=True))
+    assert (out["length"], out["frames"]) == (0, 4)
+    assert render_gif(res, lm.format)[:6] == b"GIF89a" and len(render_pose(res, lm.format)) > 0

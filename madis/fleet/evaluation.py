@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from madis.fleet.retry import is_transient, with_backoff
-from madis.motion.base import FRAMES_PER_POSITION
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +128,8 @@ class Decoded:
         key: the sample's key.
         tokens: ``[n, 3]`` int codes (body, lhand, rhand) before [EOS]; ``n`` may be 0.
         motion: ``[4n, D]`` float32 in the format's units; for ``n = 0`` the tokenizer's mean
-            pose held for 4 frames, so that DTW-JPE scores an empty generation as a still signer
-            instead of failing.
+            pose held for one position (``MaDiSModel.decode_motion``,
+            docs/design.md#empty-generations).
         gates: ``[n, 3]`` MoP gate weights, or None (dense embedding / not asked).
         image: the rendered sample beside its ground truth (:func:`render_sample`), when asked.
         gate_image: the MoP gate plot (:func:`gate_plot`), when asked and there are gates.
@@ -234,24 +233,14 @@ class CheckpointDecoder:
         out = model.generate(list(texts), list(langs), sampler=sampler,
                              num_steps=num_steps or None, generator=gen, return_gates=bool(render))
         motions = model.decode_motion(out)
-        still = None
         result = []
         for b, key in enumerate(keys):
             n = int(out.lengths[b])
             tokens = out.tokens[b, :n].cpu().numpy()
-            if n == 0:
-                if still is None:
-                    tok = model.tokenizer
-                    zeros = torch.zeros(FRAMES_PER_POSITION, tok.mean.shape[-1],
-                                        device=tok.mean.device)
-                    still = tok.denormalize(zeros).float().cpu().numpy()
-                motion = still
-            else:
-                motion = motions[b].float().cpu().numpy()
             gates = None
             if out.gates is not None and n:
                 gates = out.gates[b, :n].float().cpu().numpy()
-            d = Decoded(key, tokens.astype(np.int64), motion.astype(np.float32), gates)
+            d = Decoded(key, tokens.astype(np.int64), motions[b], gates)
             if key in render and spec is not None:
                 ref = render[key]
                 try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +41,9 @@ from madis.motion.base import FRAMES_PER_POSITION
 from madis.utils.pretrained import load_weights, read_config, save_pretrained
 
 FORMAT = "madis-mdlm/1"
+#: sign positions of the still mean pose an empty generation is decoded to
+#: (docs/design.md#empty-generations)
+EMPTY_POSITIONS = 1
 
 
 @dataclass
@@ -256,17 +260,31 @@ class SignLanguageModel(nn.Module):
         return torch.cat([body[..., None], hands], -1), n
 
     @torch.no_grad()
-    def decode_motion(self, generation: Generation) -> list[torch.Tensor]:
-        """Generated tokens -> one motion per sentence, ``[4 * length, D]`` in the motion
-        format's units, through the frozen tokenizer's decoders.
+    def decode_motion(self, generation: Generation) -> list[np.ndarray]:
+        """Generated tokens -> one motion per sentence through the frozen tokenizer's decoders:
+        float32 ``[4 * length, D]`` in the motion format's units.
+
+        The one place where text becomes motion: Serve, the eval fleet, ``madis generate`` and
+        predictions all call it. An empty generation (``length`` 0: the body head put [EOS]
+        first) becomes the tokenizer's mean pose held for ``EMPTY_POSITIONS`` position (4
+        frames), so that every consumer gets a motion it can score, render or write; the
+        emptiness stays visible as ``length`` 0 (docs/design.md#empty-generations).
 
         Raises:
             ValueError: no tokenizer attached.
         """
         if self.tokenizer is None:
             raise ValueError("decoding motion needs the tokenizer: attach_tokenizer(tok) first")
-        motion = self.tokenizer.decode(generation.tokens)
-        return [motion[b, : FRAMES_PER_POSITION * int(n)] for b, n in enumerate(generation.lengths)]
+        tok = self.tokenizer
+        motion = tok.decode(generation.tokens).float().cpu().numpy()
+        lengths = [int(n) for n in generation.lengths]
+        still = None
+        if 0 in lengths:
+            zeros = torch.zeros(EMPTY_POSITIONS * FRAMES_PER_POSITION, motion.shape[-1],
+                                device=tok.mean.device)
+            still = tok.denormalize(zeros).float().cpu().numpy()
+        return [motion[b, : FRAMES_PER_POSITION * n] if n else still.copy()
+                for b, n in enumerate(lengths)]
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:

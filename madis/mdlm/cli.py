@@ -145,7 +145,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from madis.mdlm.task import export_dir, load_generator
-    from madis.motion.base import FRAMES_PER_POSITION
 
     if args.split or args.shards:
         if not (args.split and args.shards) or args.texts or args.lang or args.gif:
@@ -215,8 +214,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except ValueError as exn:  # pins outside the codebooks or longer than N
         print(f"error: {exn}", file=sys.stderr)
         return 2
-    with torch.no_grad():
-        motion = model.tokenizer.decode(out.tokens)
+    motions = model.decode_motion(out)
     fmt = model.tokenizer.motion_format
     fmt_name = fmt if isinstance(fmt, str) else fmt.name
     dest.mkdir(parents=True, exist_ok=True)
@@ -224,7 +222,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for i, (text, lang) in enumerate(zip(texts, langs)):
         n = int(out.lengths[i])
         tokens = out.tokens[i, :n].cpu().numpy()
-        frames = motion[i, : FRAMES_PER_POSITION * n].cpu().numpy()
+        frames = motions[i]
         stem = dest / file_stem(i, lang, text)
         np.save(f"{stem}.motion.npy", frames.astype(np.float32), allow_pickle=False)
         np.save(f"{stem}.tokens.npy", tokens.astype(np.int16), allow_pickle=False)
@@ -232,11 +230,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
               f"{int(out.steps_used[i])} steps")
         for j, part in enumerate(("body", "lhand", "rhand")):
             print(f"  {part:5s} " + " ".join(str(int(t)) for t in tokens[:, j]))
-        print(f"  motion [{frames.shape[0]}, {frames.shape[1]}] ({fmt_name}) -> {stem}.motion.npy")
+        print(f"  motion [{frames.shape[0]}, {frames.shape[1]}] ({fmt_name}) -> {stem}.motion.npy"
+              + ("  (empty generation: the still mean pose)" if n == 0 else ""))
         if args.gif:
-            if n == 0:
-                print("  (no frames: nothing to render)")
-                continue
             from madis.viz import render_motion
 
             gif = render_motion(frames, f"{stem}.gif", fmt_name, text=f"[{lang}] {text}")

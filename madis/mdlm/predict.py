@@ -7,8 +7,6 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from madis.motion.base import FRAMES_PER_POSITION
-
 
 @torch.no_grad()
 def predict_references(model, references: Mapping[str, Any], batch_size: int = 64,
@@ -23,8 +21,8 @@ def predict_references(model, references: Mapping[str, Any], batch_size: int = 6
         generate_kwargs: passed to ``model.generate`` (``num_steps``, ``sampler``, ...).
     Returns:
         ``({key: Prediction}, number of empty generations)``. A generation that puts [EOS]
-        first has no frames; it gets one position (4 frames) of the tokenizer's mean pose and
-        no tokens, so that DTW-JPE stays defined, and is counted.
+        first has no tokens and the still mean pose of ``decode_motion``
+        (docs/design.md#empty-generations); it is counted.
     """
     from madis.metrics.predictions import Prediction
 
@@ -34,15 +32,9 @@ def predict_references(model, references: Mapping[str, Any], batch_size: int = 6
         chunk = keys[a: a + batch_size]
         out = model.generate([references[k].text for k in chunk],
                              [references[k].lang for k in chunk], **generate_kwargs)
-        motion = model.tokenizer.decode(out.tokens)
+        motions = model.decode_motion(out)
         for i, k in enumerate(chunk):
             n = int(out.lengths[i])
-            if n == 0:
-                empty += 1
-                frames = model.tokenizer.denormalize(torch.zeros(1, FRAMES_PER_POSITION, motion.shape[-1]))[0]
-                tokens = np.zeros((0, 3), np.int64)
-            else:
-                frames = motion[i, : FRAMES_PER_POSITION * n]
-                tokens = out.tokens[i, :n].cpu().numpy()
-            preds[k] = Prediction(frames.cpu().numpy(), tokens)
+            empty += int(n == 0)
+            preds[k] = Prediction(motions[i], out.tokens[i, :n].cpu().numpy().astype(np.int64))
     return preds, empty

@@ -28,7 +28,8 @@ class GenerationResult:
     Attributes:
         request: the validated request.
         tokens: ``[n, 3]`` int64 codes (body, lhand, rhand) up to the first [EOS].
-        motion: ``[4n, D]`` float32 in the motion format's units.
+        motion: ``[4n, D]`` float32 in the motion format's units (``n = 0``: the still mean
+            pose of ``decode_motion``, docs/design.md#empty-generations).
         step: checkpoint step of the model that answered (None when unknown).
         timings: milliseconds: ``generate_ms`` (the batch's reverse process), ``decode_ms``
             (tokens -> motion), and ``batch_size`` (requests decoded together).
@@ -140,8 +141,7 @@ class LoadedModel:
                     out[i] = RequestError(422, "bad_settings", str(exn))
                 continue
             t1 = time.perf_counter()
-            with torch.no_grad():
-                motion = self.model.tokenizer.decode(gen.tokens).float().cpu().numpy()
+            motions = self.model.decode_motion(gen)
             t2 = time.perf_counter()
             tokens = gen.tokens.cpu().numpy()
             used = self.model.cfg.threshold if threshold is None else threshold
@@ -149,7 +149,7 @@ class LoadedModel:
                 n = int(gen.lengths[row])
                 out[i] = GenerationResult(
                     request=requests[i], tokens=tokens[row, :n].astype(np.int64),
-                    motion=motion[row, : FRAMES_PER_POSITION * n].astype(np.float32), step=self.choice.step,
+                    motion=motions[row], step=self.choice.step,
                     timings={"generate_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1),
                              "batch_size": len(idx)},
                     steps_used=int(gen.steps_used[row]), threshold=used)
@@ -190,7 +190,8 @@ class LoadedModel:
                            "metrics": c.metrics, "best_updated_at": c.updated_at},
             "model": {"class": type(self.model).__name__, "backbone": m.backbone,
                       "parameters": sum(p.numel() for p in self.model.parameters()),
-                      "num_positions": m.num_positions, "max_frames": FRAMES_PER_POSITION * m.num_positions,
+                      "num_positions": m.num_positions,
+                      "max_frames": FRAMES_PER_POSITION * m.num_positions,
                       "sampler": m.sampler, "num_steps": m.num_steps,
                       "utc_checkpoints": list(m.utc_checkpoints),
                       "codebook_sizes": list(self.model.codebook_sizes),
@@ -298,7 +299,7 @@ def stage_views(tokenizer, tokens: torch.Tensor, masked: torch.Tensor, body_code
     out = []
     for r in range(b):
         length = int(lengths[r])
-        frames = motion[r, : FRAMES_PER_POSITION * length] if bool(known[r].any()) else motion[r, :0]
+        frames = motion[r, : FRAMES_PER_POSITION * length] if known[r].any() else motion[r, :0]
         out.append((codes[r, :length].astype(np.int64), frames.astype(np.float32)))
     return out
 
@@ -346,30 +347,17 @@ def render_gif(result: GenerationResult, fmt: MotionFormat, size: int = 256) -> 
     """GIF bytes of the generated skeleton, the request's text above it, at the format's fps.
 
     Raises:
-        RequestError: 422 when the model generated no frames for this text.
         FileNotFoundError: ``smplx133`` without SMPL-X model files.
     """
     from madis.viz import encode_gif, render_frames
 
-    _require_frames(result)
     r = result.request
     frames = render_frames(result.motion, fmt, text=f"[{r.lang}] {r.text}", size=size)
     return encode_gif(frames, fmt.fps)
 
 
 def render_pose(result: GenerationResult, fmt: MotionFormat) -> bytes:
-    """``.pose`` bytes of the generated motion (:func:`madis.serve.pose.pose_bytes`).
-
-    Raises:
-        RequestError: 422 when the model generated no frames for this text.
-    """
+    """``.pose`` bytes of the generated motion (:func:`madis.serve.pose.pose_bytes`)."""
     from madis.serve.pose import pose_bytes
 
-    _require_frames(result)
     return pose_bytes(result.motion, fmt)
-
-
-def _require_frames(result: GenerationResult) -> None:
-    if len(result.motion) == 0:
-        raise RequestError(422, "no_frames", "the model ended the sign sequence at once ([EOS] "
-                                             "first): there are no frames to write")
