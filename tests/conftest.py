@@ -87,6 +87,18 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, above all on a shared 2-core machine; a module opts
+    in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def smplx_model_dir(tmp_path_factory):
     """A directory holding a made-up SMPL-X-shaped ``SMPLX_NEUTRAL.npz`` (see madis.motion.testing)."""

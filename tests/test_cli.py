@@ -10,7 +10,7 @@ import pytest
 from madis.cli import COMMAND_GROUPS, build_parser, main
 from madis.config import load_tree
 from madis.train.jobargs import job_train_config
-from tests.conftest import job_module
+from conftest import job_module
 
 
 def _leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from madis.stack import stop_ray_cluster
-from tests.conftest import REPO, require_loopback
+from conftest import REPO, require_loopback
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -27,8 +27,9 @@ from madis.fleet.testing import mark_complete, write_checkpoint
 from madis.mdlm.task import MDLMTask, model_config
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.tokenizer.token_shards import write_token_shards
-from tests.conftest import job_module
-from tests.mdlm_fixtures import one_thread  # noqa: F401
+from conftest import job_module
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1",
               "model.num_heads=2", "model.num_kv_heads=1", "model.head_dim=16",
@@ -160,7 +161,7 @@ def test_storage_outage_is_retried_with_backoff_until_the_endpoint_answers():
     from botocore.config import Config
 
     from madis.data.s3server import LocalS3Server, free_port
-    from tests.conftest import require_loopback
+    from conftest import require_loopback
 
     require_loopback()
     server = LocalS3Server(port=free_port())

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from mdlm_fixtures import one_thread, tiny_config, tiny_tokenizer  # noqa: F401
-
 from madis.mdlm import MaDiSModel, check_pins, truncate_at_eos, unmask, utc_stage_of_positions
+from madis.mdlm.testing import tiny_config, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N, BODY, HAND = 24, 10, 7  # body classes: 8 codes, [EOS] 8, [PAD] 9
 CKPTS = [0.75, 0.5]

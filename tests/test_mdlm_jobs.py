@@ -22,8 +22,10 @@ from madis.mdlm.task import (
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.tokenizer.token_shards import write_token_shards
 from madis.train import list_checkpoints, read_metadata, train_config
-from tests.conftest import REPO, job_module
-from tests.mdlm_fixtures import one_thread, tiny_tokenizer  # noqa: F401
+from conftest import REPO, job_module
+from madis.mdlm.testing import tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TOK_CFG = TokenizerConfig(width=16, code_dim=8, codebook_sizes=(8, 16, 16), depth=1)
 TINY_MODEL = ["model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=1",

@@ -10,7 +10,9 @@ import torch
 
 from madis.mdlm import MaDiSModel
 from madis.mdlm.losses import IGNORE, diffusion_token_loss, latent_loss, physical_loss, sign_nll
-from mdlm_fixtures import one_thread, tiny_batch, tiny_config, tiny_tokenizer  # noqa: F401
+from madis.mdlm.testing import tiny_batch, tiny_config, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sign_nll_sums_part_heads_and_skips_hands_at_special_positions():

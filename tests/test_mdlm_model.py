@@ -9,7 +9,9 @@ import torch
 from madis.mdlm import ARBaseline, MaDiSModel, format_prompt, load_pretrained
 from madis.mdlm.base import positions
 from madis.mdlm.text import ByteTokenizer
-from mdlm_fixtures import LANGS, TEXTS, one_thread, tiny_batch, tiny_config, tiny_tokenizer  # noqa: F401
+from madis.mdlm.testing import LANGS, TEXTS, tiny_batch, tiny_config, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +264,7 @@ def test_ar_baseline_trains_and_decodes_with_cache(tmp_path, tok):
 
 def test_pretrained_backbone_path_extends_vocabulary(tmp_path, tok):
     """``backbone`` naming local Qwen3 weights + tokenizer (what a hub download gives)."""
-    from mdlm_fixtures import mini_qwen3
+    from madis.mdlm.testing import mini_qwen3
 
     d = tmp_path / "qwen3-mini"
     hf_tok, _ = mini_qwen3(d)

@@ -10,8 +10,6 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mdlm_fixtures import one_thread  # noqa: F401
-
 from madis.mdlm import (
     llada_schedule,
     num_orders_utc,
@@ -24,6 +22,8 @@ from madis.mdlm import (
     utc_stage_of_positions,
     utc_strides,
 )
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHECKPOINTS = [[0.75, 0.5], [0.75], [0.5], []]
 F = math.factorial

@@ -195,7 +195,7 @@ def test_backbone_text_encoder(tmp_path):
     import shutil
     from dataclasses import replace
 
-    from mdlm_fixtures import mini_qwen3
+    from madis.mdlm.testing import mini_qwen3
 
     d = tmp_path / "qwen3-mini"
     hf_tok, qwen = mini_qwen3(d, texts=WORDS)

@@ -430,7 +430,7 @@ def test_tokenizer_steps_on_a_pose_corpus(corpus, tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_tokenizer_job_trains_on_a_pose_corpus(corpus, ray_local, tmp_path):
-    from tests.conftest import job_module
+    from conftest import job_module
 
     shards = tmp_path / "shards"
     assert build_pose_corpus(str(corpus["index"]), str(shards)).used == 9

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from madis.mdlm import ARBaseline, MaDiSModel
-from mdlm_fixtures import mini_qwen3, one_thread, tiny_config, tiny_tokenizer  # noqa: F401
+from madis.mdlm.testing import mini_qwen3, tiny_config, tiny_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 QWEN3_THETA, QWEN3_HEAD_DIM = 1_000_000.0, 128
 
@@ -65,7 +67,7 @@ def test_bf16_model_keeps_rope_codebooks_and_tokenizer_in_fp32(cast):
     rotary.inv_freq = rotary.inv_freq.to(torch.bfloat16)
     assert _rotary_angle_error(model, 229) > 0.2
     # the model still runs in bf16 with its fp32 tokenizer (physical loss, motion decoding)
-    from mdlm_fixtures import tiny_batch
+    from madis.mdlm.testing import tiny_batch
 
     rotary.inv_freq = rotary.original_inv_freq.clone()
     loss, _ = model.loss(tiny_batch(tok, lengths=(12, 5)), "pretrain",

@@ -211,7 +211,7 @@ def test_pretrain_corpus_build_and_tokenize(tmp_path, capsys):
     only, composed from the lexicon's clips under the length rules, with its own fingerprint (a
     rebuild is skipped). `madis data tokenize --like`: the tokenizer recorded by a token set."""
     from madis.data.sample import pretrain_fingerprint
-    from mdlm_fixtures import tiny_tokenizer
+    from madis.mdlm.testing import tiny_tokenizer
     from madis.tokenizer.token_shards import write_token_shards
 
     out = tmp_path / "pre"

@@ -11,7 +11,7 @@ import torch
 from madis.data.shards import Sample, write_shards
 from madis.metrics.siclip import SiCLIPConfig
 from madis.metrics.siclip_task import SiCLIPTask
-from tests.conftest import job_module
+from conftest import job_module
 
 TINY = SiCLIPConfig(width=16, embed_dim=16, num_heads=2, motion_layers=1, text_layers=1,
                     max_text_bytes=16, max_positions=16, dropout=0.0)

@@ -18,15 +18,14 @@ from typing import Sequence
 
 import torch
 
+from madis.mdlm import testing
 from madis.mdlm.config import ModelConfig
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.train.checkpoints import COMPLETE, EXPORT_DIR, METADATA, checkpoint_dir_name
 
-#: a model small enough that a Serve test decodes a batch in milliseconds on one core
-TINY_MODEL = dict(num_positions=12, hidden_size=32, intermediate_size=64, num_layers=2,
-                  num_heads=4, num_kv_heads=2, head_dim=8, max_text_tokens=48, num_steps=6,
-                  text_tokenizer="bytes")
-TINY_TOKENIZER = dict(width=16, code_dim=8, codebook_sizes=(8, 16, 16), depth=2)
+#: the MDLM tests' tiny sizes (:mod:`madis.mdlm.testing`), decoded in 6 steps, byte-level text
+TINY_MODEL = {**testing.TINY_MODEL, "num_steps": 6, "text_tokenizer": "bytes"}
+TINY_TOKENIZER = testing.TINY_TOKENIZER
 LANGUAGES = ("ase", "gsg")
 
 

@@ -1,16 +1,25 @@
-"""Tiny real parts for the MDLM tests: a randomly initialised DecoupledTokenizer and batches."""
+"""Tiny real parts for the MDLM's tests and benchmarks: a randomly initialised
+``DecoupledTokenizer``, model configs, batches in the training layout, a local Qwen3 checkpoint.
+
+Builders of artefacts live beside the package whose formats they write
+(``madis/<package>/testing.py``); pytest fixtures live in ``tests/conftest.py``
+(docs/architecture.md#tests-and-benchmarks).
+"""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from madis.mdlm import ModelConfig
-from madis.motion import get_format
+from madis.motion import FRAMES_PER_POSITION, get_format
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 
-TOK_CFG = TokenizerConfig(width=16, code_dim=8, codebook_sizes=(8, 16, 16), depth=2)
+#: a tokenizer and a model small enough that a test decodes a batch in milliseconds on one core
+TINY_TOKENIZER = dict(width=16, code_dim=8, codebook_sizes=(8, 16, 16), depth=2)
+TINY_MODEL = dict(num_positions=12, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8, max_text_tokens=48)
+TOK_CFG = TokenizerConfig(**TINY_TOKENIZER)
 TEXTS = ["Hello world", "你好，世界", "Guten Morgen, wie geht's?"]
 LANGS = ["ase", "csl", "gsg"]
 
@@ -49,20 +58,9 @@ def mini_qwen3(directory, texts=TEXTS, seed: int = 0):
     return hf_tok, model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, above all on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_config(**kw) -> ModelConfig:
-    base = dict(num_positions=12, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                num_kv_heads=2, head_dim=8, max_text_tokens=48)
-    base.update(kw)
-    return ModelConfig(**base)
+    """:data:`TINY_MODEL` with ``kw`` on top."""
+    return ModelConfig(**{**TINY_MODEL, **kw})
 
 
 def tiny_batch(tok: DecoupledTokenizer, lengths=(12, 5, 0), width: int | None = None, seed: int = 0):
@@ -78,6 +76,6 @@ def tiny_batch(tok: DecoupledTokenizer, lengths=(12, 5, 0), width: int | None = 
         token_mask[i, :n] = True
     # the motion the tokens stand for, so that the physical loss has a reachable optimum
     motion = tok.decode(tokens)
-    mask = token_mask.repeat_interleave(4, 1)
+    mask = token_mask.repeat_interleave(FRAMES_PER_POSITION, 1)
     return {"text": (TEXTS * b)[:b], "lang": (LANGS * b)[:b], "tokens": tokens,
             "token_mask": token_mask, "motion": motion, "mask": mask}
