@@ -85,7 +85,7 @@ def test_fleet_config_sections_and_bad_values():
     paper = section(load_tree("paper"), "fleet", FleetConfig)
     assert paper.metric == "siclip_s2t_R@1" and paper.mode == "max" and paper.needs_siclip
     tiny = section(load_tree("cpu-tiny"), "fleet", FleetConfig)
-    assert tiny.metric == "sibleu4_hands" and tiny.mode == "max" and not tiny.needs_siclip
+    assert tiny.metric == "signing_hands" and tiny.mode == "max" and not tiny.needs_siclip
     with pytest.raises(ConfigError, match="mode"):
         FleetConfig(mode="highest")
     with pytest.raises(ConfigError, match="samplers"):

@@ -44,6 +44,12 @@ def test_identical_and_time_warped_predictions_score_perfectly():
     for name in ("sibleu4_body", "sibleu4_hands", "bleu1_body", "bleu1_hands"):
         assert res[name] == {"value": pytest.approx(100.0), "unit": "BLEU (0-100)"}
     assert not any(k.startswith("siclip") for k in res)
+    # the stream figures: generated equal to reference, so the gate keeps SiBLEU whole
+    for name in ("run_share", "distinct", "length", "cross_distance"):
+        assert res[name]["value"] == pytest.approx(res[f"ref_{name}"]["value"])
+    assert res["length_ratio"]["value"] == pytest.approx(1.0)
+    assert res["empty_generations"]["value"] == 0
+    assert res["signing_hands"]["value"] == pytest.approx(res["sibleu4_hands"]["value"])
 
 
 def test_dtw_is_built_on_dtw_jpe_and_hands_average_the_two_hands():

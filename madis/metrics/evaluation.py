@@ -10,12 +10,19 @@ docs/design.md#metrics).
      "sibleu4_hands":      ..., "bleu1_body": ..., "bleu1_hands": ...,
      "siclip_s2t_R@1":     {"value": 25.0,  "unit": "%"},                 # with a SiCLIP model
      "siclip_s2t_R@5": ..., "siclip_s2t_R@10": ..., "siclip_t2s_R@1": ..., ...,
-     "siclip_s2t_R@1_b45": ..., ...}                                      # released protocol
+     "siclip_s2t_R@1_b45": ..., ...,                                      # released protocol
+     "run_share": ..., "ref_run_share": ..., "distinct": ..., "ref_distinct": ...,
+     "length": ..., "ref_length": ..., "length_ratio": ..., "cross_distance": ...,
+     "ref_cross_distance": ..., "empty_generations": ...,                 # when tokens exist
+     "signing_hands": {"value": 20.0, "unit": "BLEU (0-100)"}}           # SiBLEU-4 hands, gated
 
 DTW-JPE is the mean over samples of the accumulated DTW cost (hands: of the mean of the two
 hands); SiBLEU is corpus level; SiCLIP retrieval ranks generated motions against the reference
 texts (sign-to-text) and back, over the full set and in the reference order's batches of 45.
-A metric whose inputs are missing (no tokens, no SiCLIP model) is left out and logged.
+The stream figures (:mod:`madis.metrics.streams`) describe generated and reference token
+streams alike (longest run, distinct tokens, length, how much outputs of different texts of
+one language differ); ``signing_hands`` is SiBLEU-4 hands gated by them, which a generator that
+holds one pose for every text cannot win. A metric whose inputs are missing (no tokens, no SiCLIP model) is left out and logged.
 """
 
 from __future__ import annotations
@@ -218,6 +225,10 @@ def evaluate(
             for order, name in ((4, "sibleu4"), (1, "bleu1")):
                 for part, value in part_sibleu(gen_tokens, ref_tokens, order).items():
                     results[f"{name}_{part}"] = {"value": value, "unit": BLEU_UNIT}
+            results.update(stream_results(gen_tokens, ref_tokens,
+                                          [references[k].lang for k in keys],
+                                          [references[k].text for k in keys],
+                                          results["sibleu4_hands"]["value"]))
     else:
         log.warning("SiBLEU skipped: the predictions carry no tokens")
 
@@ -233,6 +244,30 @@ def evaluate(
         results.update(siclip_retrieval(model, gen, [references[k].text for k in keys],
                                         batch_size))
     return results
+
+
+#: units of the stream figures (:mod:`madis.metrics.streams`) that ``evaluate`` reports
+STREAM_UNITS = {"run_share": "share of the stream", "distinct": "tokens per position",
+                "length": "sign positions", "cross_distance": "normalised edit distance"}
+
+
+def stream_results(gen_tokens, ref_tokens, langs, texts, sibleu4_hands: float
+                   ) -> dict[str, dict[str, float | str]]:
+    """The stream figures of generated and reference tokens (``run_share``, ``distinct``,
+    ``length``, ``cross_distance``, each also as ``ref_*``), ``length_ratio``,
+    ``empty_generations`` and ``signing_hands``: SiBLEU-4 hands gated by the figures
+    (:func:`madis.metrics.streams.signing_score`), the figure a collapse cannot win."""
+    from madis.metrics.streams import compare_streams, signing_score
+
+    fig = compare_streams(gen_tokens, ref_tokens, langs, texts)
+    out: dict[str, dict[str, float | str]] = {}
+    for name, unit in STREAM_UNITS.items():
+        out[name] = {"value": fig[name], "unit": unit}
+        out[f"ref_{name}"] = {"value": fig[f"ref_{name}"], "unit": unit}
+    out["length_ratio"] = {"value": fig["length_ratio"], "unit": "generated / reference"}
+    out["empty_generations"] = {"value": fig["empty"], "unit": "samples"}
+    out["signing_hands"] = {"value": signing_score(sibleu4_hands, fig), "unit": BLEU_UNIT}
+    return out
 
 
 def _reference_tokens(keys, references, tokenizer):
