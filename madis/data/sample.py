@@ -122,6 +122,16 @@ WORDS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+#: Words in no split and no word list above, per sign language: what a new user might type. Used
+#: to check that a model spells words it has never seen (issue 13); never trained on.
+NOVEL_WORDS: dict[str, tuple[str, ...]] = {
+    "ase": ("HELLO", "MUSIC", "TIGER", "FRIEND", "PLANET"),
+    "gsg": ("KATZE", "BLUME", "FENSTER", "VOGEL", "TISCH"),
+    "ssp": ("GATO", "NUBE", "QUESO", "LIBRO", "ARBOL"),
+    "swl": ("KATT", "HUND", "BLOMMA", "FÅGEL", "STOL"),
+}
+
+
 @dataclass(frozen=True)
 class LexiconEntry:
     """One row of ``data.csv``: a clip of one fingerspelling unit."""

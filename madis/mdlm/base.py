@@ -32,6 +32,7 @@ from madis.mdlm.text import (
     ByteTokenizer,
     TextTokenizer,
     build_text_tokenizer,
+    char_starts,
     format_prompt,
     load_text_tokenizer,
     save_text_tokenizer,
@@ -55,11 +56,16 @@ class TextBatch:
             (the text tokenizer's eos) in its last ``L_b + 1`` columns.
         valid: bool ``[B, Lt]``, False on left padding.
         lengths: ``[B]`` = L_b + 1.
+        pos: ``[B, Lt]`` RoPE positions of the text tokens, or None for the paper's sequential
+            ``0..L_b`` with the signs after them (see :func:`positions`).
+        sign_start: ``[B]`` RoPE position of sign position 0 when ``pos`` is given.
     """
 
     ids: torch.Tensor
     valid: torch.Tensor
     lengths: torch.Tensor
+    pos: torch.Tensor | None = None
+    sign_start: torch.Tensor | None = None
 
 
 @dataclass
@@ -203,16 +209,49 @@ class SignLanguageModel(nn.Module):
         if len(langs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(langs)} langs")
         tok = self.text_tokenizer
-        rows = [tok.encode(format_prompt(self.cfg.text_template, t, lg))[: self.cfg.max_text_tokens]
-                + [tok.eos_id] for t, lg in zip(texts, langs)]
+        if self.cfg.text_positions == "aligned":
+            rows, rpos, starts = zip(*(self._aligned_row(t, lg) for t, lg in zip(texts, langs)))
+        else:
+            rows = [tok.encode(format_prompt(self.cfg.text_template, t, lg))[: self.cfg.max_text_tokens]
+                    + [tok.eos_id] for t, lg in zip(texts, langs)]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
         valid = torch.zeros((len(rows), width), dtype=torch.bool)
+        pos = torch.zeros((len(rows), width), dtype=torch.long)
         for b, r in enumerate(rows):
             ids[b, width - len(r):] = torch.tensor(r)
             valid[b, width - len(r):] = True
+            if self.cfg.text_positions == "aligned":
+                pos[b, width - len(r):] = torch.tensor(rpos[b])
         dev = self.device
-        return TextBatch(ids.to(dev), valid.to(dev), valid.sum(1).to(dev))
+        if self.cfg.text_positions != "aligned":
+            return TextBatch(ids.to(dev), valid.to(dev), valid.sum(1).to(dev))
+        return TextBatch(ids.to(dev), valid.to(dev), valid.sum(1).to(dev), pos.to(dev),
+                         torch.tensor(starts, dtype=torch.long, device=dev))
+
+    def _aligned_row(self, text: str, lang: str) -> tuple[list[int], list[int], int]:
+        """One prompt's ids, RoPE positions and sign start for ``text_positions: aligned``.
+
+        The template's part before ``{text}`` (the language tag) takes positions ``0..H-1``;
+        the text's tokens sit where their characters are expected to be signed, ``H +
+        round(positions_per_char * (c + 0.5))`` for a token starting at character ``c``; the
+        rest of the template and the separator follow the text; sign position i is at
+        ``H + i``. Tokens beyond ``max_text_tokens`` are cut from the text's end.
+        """
+        tok, cfg = self.text_tokenizer, self.cfg
+        head, _, tail = cfg.text_template.partition("{text}")
+        if not lang and "{lang}" in head:
+            head = ""
+        head_ids = tok.encode(head.format(lang=lang)) if head else []
+        tail_ids = tok.encode(tail.replace("{lang}", lang or "")) if tail else []
+        text_ids, chars = char_starts(tok, text)
+        keep = max(0, cfg.max_text_tokens - len(head_ids) - len(tail_ids))
+        text_ids, chars = text_ids[:keep], chars[:keep]
+        h = len(head_ids)
+        end = h + round(cfg.positions_per_char * (chars[-1] + 1)) if chars else h
+        pos = (list(range(h)) + [h + round(cfg.positions_per_char * (c + 0.5)) for c in chars]
+               + [end + k for k in range(len(tail_ids) + 1)])
+        return head_ids + text_ids + tail_ids + [tok.eos_id], pos, h
 
     def sign_targets(self, tokens: torch.Tensor, token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch tokens -> head-space targets over the N sign positions.
@@ -360,9 +399,11 @@ def load_pretrained(directory: str | os.PathLike, tokenizer: Any = None,
 def positions(text: TextBatch, num_sign: int) -> torch.Tensor:
     """RoPE position ids ``[B, Lt + num_sign]``: text tokens 0..L_b, sign position i at
     ``L_b + 1 + i`` -- independent of how much left padding the batch added."""
+    steps = torch.arange(num_sign, device=text.ids.device)[None, :]
+    if text.pos is not None:  # model.text_positions: aligned (see SignLanguageModel._aligned_row)
+        return torch.cat([text.pos, text.sign_start[:, None] + steps], 1)
     text_pos = (text.valid.long().cumsum(1) - 1).clamp(min=0)
-    sign_pos = text.lengths[:, None] + torch.arange(num_sign, device=text.ids.device)[None, :]
-    return torch.cat([text_pos, sign_pos], 1)
+    return torch.cat([text_pos, text.lengths[:, None] + steps], 1)
 
 
 __all__ = ["Generation", "SignLanguageModel", "TextBatch", "load_pretrained", "positions",

@@ -8,6 +8,8 @@ from madis.config import ConfigError, check_bounds
 
 EMBEDDINGS = ("dense", "simple_avg", "sparse_top1", "sparse_top2")
 SAMPLERS = ("utc", "vanilla")
+MOP_INITS = ("default", "text_scale")
+TEXT_POSITIONS = ("sequential", "aligned")
 
 
 @dataclass
@@ -29,6 +31,14 @@ class ModelConfig:
             plain text (no new vocabulary, any tokenizer handles it); ``{lang}`` empty drops
             the tag. Default ``"[{lang}] {text}"``.
         max_text_tokens: text tokens kept (longer prompts are cut at the end), before ``[EOS]``.
+        text_positions: ``sequential`` (the paper: RoPE positions ``0..L`` for the text, the
+            sign positions after it) or ``aligned``: each text token at the position where its
+            characters are expected to be signed (``positions_per_char`` sign positions per
+            character, from the sign start), so that a sign position finds its letters at a
+            short relative distance (see ``SignLanguageModel._aligned_row``). A departure from
+            the paper for data whose signing follows the characters (fingerspelling).
+        positions_per_char: sign positions per text character for ``aligned`` (the sample's
+            letters last about 25 frames: 6.2 positions).
 
     Sequence and masking:
         num_positions: N, the sign positions after the text (paper 100; 4N frames).
@@ -53,6 +63,10 @@ class ModelConfig:
         embedding: ``dense`` (MoP, default), ``simple_avg`` (SOKE's mean of three learned part
             embeddings), ``sparse_top1`` / ``sparse_top2`` (top-k gates renormalised).
         train_codebooks: fine-tune the MoP's copy of the tokenizer codebooks (frozen by default).
+        mop_init: ``default`` (PyTorch's Linear initialisation of ``FC_p``, the paper's code) or
+            ``text_scale`` (``FC_p`` rescaled at initialisation so sign embeddings start at the
+            root mean square of the backbone's text rows; see
+            :meth:`~madis.mdlm.embedding.SignEmbedding.match_scale`).
 
     Decoding defaults (overridable per ``generate`` call):
         sampler: ``utc`` or ``vanilla``; num_steps: K (paper 25); temperature: 0 greedy, > 0
@@ -91,6 +105,8 @@ class ModelConfig:
     text_tokenizer: str = "auto"
     text_template: str = "[{lang}] {text}"
     max_text_tokens: int = 128
+    text_positions: str = "sequential"
+    positions_per_char: float = 6.0
 
     num_positions: int = 100
     mask_eps: float = 1e-3
@@ -108,6 +124,7 @@ class ModelConfig:
 
     embedding: str = "dense"
     train_codebooks: bool = False
+    mop_init: str = "default"
 
     sampler: str = "utc"
     num_steps: int = 25
@@ -126,6 +143,13 @@ class ModelConfig:
 
         if self.embedding not in EMBEDDINGS:
             raise ConfigError(f"model.embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        if self.text_positions not in TEXT_POSITIONS:
+            raise ConfigError(f"model.text_positions must be one of {TEXT_POSITIONS}, got "
+                              f"{self.text_positions!r}")
+        if not self.positions_per_char > 0:
+            raise ConfigError(f"model.positions_per_char must be > 0, got {self.positions_per_char}")
+        if self.mop_init not in MOP_INITS:
+            raise ConfigError(f"model.mop_init must be one of {MOP_INITS}, got {self.mop_init!r}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"model.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.threshold is not None and not float(self.threshold) > 0:

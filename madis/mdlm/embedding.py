@@ -57,6 +57,24 @@ class SignEmbedding(nn.Module):
         self.part_fc = nn.ModuleList(nn.Linear(d, d_model) for d in code_dims)
         self.gate = nn.Sequential(nn.Linear(3 * d_model, d_model), nn.GELU(), nn.Linear(d_model, 3))
 
+    @torch.no_grad()
+    def match_scale(self, rms: float) -> None:
+        """Rescale the part projections ``FC_p`` so that ``u_p = FC_p(C_p[z])`` has root mean
+        square ``rms`` over the codebook's rows (issue 13, ``model.mop_init: text_scale``).
+
+        A default-initialised Linear on codebook rows gives sign embeddings about 30x the RMS of
+        the backbone's token rows (0.6 vs 0.02 in cpu-tiny): the sign positions then drown the
+        text and ``[M]`` in the residual stream. No-op for ``simple_avg``.
+        """
+        if self.variant == "simple_avg":
+            return
+        for p, fc in enumerate(self.part_fc):
+            cb = self.codebook(p).float()
+            now = fc(cb.to(fc.weight.dtype)).float().pow(2).mean().sqrt()
+            if now > 0:
+                fc.weight.mul_(rms / now)
+                fc.bias.mul_(rms / now)
+
     def codebook(self, part: int) -> torch.Tensor:
         return getattr(self, f"codebook_{part}")
 

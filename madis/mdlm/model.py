@@ -57,6 +57,9 @@ class MaDiSModel(SignLanguageModel):
         codebooks = tokenizer.codebooks if tokenizer is not None else None
         self.sign_embedding = SignEmbedding(cfg.embedding, self.vocab, self.d_model,
                                             self.code_dims, codebooks, cfg.train_codebooks)
+        if cfg.mop_init == "text_scale" and codebooks is not None:
+            text_rows = self.embed_tokens().weight[: self.vocab.text_size]
+            self.sign_embedding.match_scale(float(text_rows.detach().float().pow(2).mean().sqrt()))
         self.heads = MultiPartHead(self.d_model, self.codebook_sizes)
         self.latent = LatentProjector(self.d_model, self.code_dims, cfg.latent_mlp_hidden)
         self.to(DTYPES[cfg.dtype])

@@ -48,6 +48,24 @@ def format_prompt(template: str, text: str, lang: str | None) -> str:
     return (head + "{text}" + tail.replace("{lang}", "")).format(text=text)
 
 
+def char_starts(tok: "TextTokenizer", text: str) -> tuple[list[int], list[int]]:
+    """Ids of ``text`` and, for each id, the index of the character it starts in.
+
+    Bytes of one multi-byte character share its index; a Hugging Face tokenizer's token takes
+    the character of its first offset. Used by ``model.text_positions: aligned``.
+    """
+    if isinstance(tok, ByteTokenizer):
+        ids, chars = [], []
+        for c, ch in enumerate(text):
+            b = list(ch.encode("utf-8"))
+            ids += b
+            chars += [c] * len(b)
+        return ids, chars
+    enc = tok.tok(text, add_special_tokens=False, split_special_tokens=True,
+                  return_offsets_mapping=True)
+    return list(enc["input_ids"]), [int(a) for a, _ in enc["offset_mapping"]]
+
+
 class ByteTokenizer:
     """UTF-8 bytes as ids 0..255, then ``<eos>`` = 256 and ``<pad>`` = 257.
 
