@@ -12,6 +12,11 @@ and ``madis down`` therefore re-execute themselves inside a persistent network n
 the machine can reach them (``ip netns exec madis curl ...`` reaches them from this machine).
 ``MADIS_NO_NETNS=1`` skips the namespace.
 
+Token authentication stays on: ``madis up`` makes the cluster's Ray token when none exists, one
+per checkout (``.madis/ray_auth_token``, mode 0600, never printed), and hands it to ``ray start``,
+``ray job submit`` and, through them, every job with ``RAY_AUTH_TOKEN_PATH``; ``~/.ray`` is not
+used, so a machine with an empty HOME works the same as a development machine.
+
 This module only runs commands (``ray``, ``moto_server``); it imports no Ray itself.
 """
 
@@ -22,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -67,6 +73,11 @@ class Paths:
     @property
     def state(self) -> Path:
         return Path(os.environ.get("MADIS_HOME", self.repo / ".madis"))
+
+    @property
+    def token(self) -> Path:
+        """The cluster's Ray authentication token (see :func:`ensure_ray_token`)."""
+        return self.state / "ray_auth_token"
 
     @property
     def logs(self) -> Path:
@@ -120,11 +131,13 @@ def ensure_isolated(argv: list[str]) -> None:
         subprocess.run(["ip", "netns", "add", NETNS], check=True)
     subprocess.run(["ip", "-n", NETNS, "link", "set", "lo", "up"], check=True)
     sys.stdout.flush()
+    os.environ["MADIS_NETNS"] = NETNS  # tells netns_hint that the servers live in there
     os.execvp("ip", ["ip", "netns", "exec", NETNS, sys.executable, "-m", "madis.cli", *argv])
 
 
 def netns_hint() -> str:
-    return f"ip netns exec {NETNS} " if Path(f"/run/netns/{NETNS}").exists() else ""
+    """The prefix a printed command needs to reach the servers from the host."""
+    return f"ip netns exec {NETNS} " if os.environ.get("MADIS_NETNS") == NETNS else ""
 
 
 # --------------------------------------------------------------------------- steps
@@ -144,9 +157,41 @@ class Step:
         print(f"      {what} ({time.monotonic() - self.t:.1f} s)", flush=True)
 
 
+def ensure_ray_token(path: Path) -> Path:
+    """The Ray authentication token file at ``path``, made when missing.
+
+    A new token is 32 random bytes as hex (what ``ray get-auth-token --generate`` writes), in a
+    file created with mode 0600 and without ever being printed; an existing file is kept (a
+    running cluster holds it) and made private again if its mode lets others read it. Ray reads
+    it wherever ``RAY_AUTH_TOKEN_PATH`` points (docs.ray.io, "Ray token authentication").
+
+    Raises:
+        SystemExit: an existing token file is empty (Ray would abort on it).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        if not path.read_text().strip():
+            raise SystemExit(f"{path} is empty: remove it (after `madis down`) and run again")
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def ray_auth_env(token: Path) -> dict[str, str]:
+    """Environment entries that make Ray's CLI, a driver and everything it starts use ``token``."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token.resolve())}
+
+
 def _env(paths: Paths, s3_env: dict[str, str]) -> dict[str, str]:
     venv_bin = str(Path(sys.executable).parent)
-    return {**os.environ, **s3_env, "RAY_AUTH_MODE": "token",
+    # RAY_AUTH_TOKEN would win over the token file (Ray's precedence): this checkout's token rules
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN"}
+    return {**env, **s3_env, **ray_auth_env(paths.token),
             "PATH": f"{venv_bin}:{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1"}
 
 
@@ -216,8 +261,21 @@ def own_corpus(shards: Path) -> tuple[str, tuple[str, str]]:
 
 
 def ray_running(env: dict[str, str]) -> bool:
+    """True when the Ray cluster at :data:`DASHBOARD` answers with this checkout's token.
+
+    Raises:
+        SystemExit: a cluster answers there but refuses the token (another checkout's, or one
+            started before this checkout had a token of its own).
+    """
+    if not Path(env["RAY_AUTH_TOKEN_PATH"]).exists():
+        return False
     out = subprocess.run(["ray", "job", "list", "--address", DASHBOARD], env=env,
                          capture_output=True, text=True, timeout=60)
+    if out.returncode != 0 and re.search(r"Unauthenticated|[Aa]uthentication|401",
+                                         out.stdout + out.stderr):
+        raise SystemExit(f"a Ray cluster answers at {DASHBOARD} but refuses this checkout's token "
+                         f"({env['RAY_AUTH_TOKEN_PATH']}): it was started elsewhere or with "
+                         f"another token; stop it (`madis down` in the checkout that started it)")
     return out.returncode == 0
 
 
@@ -343,6 +401,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         data_url, tokens_url = f"{BUCKET}/{name}", f"{BUCKET}/{name}-tokens"
         paths.storage_dir = args.storage or paths.repo / "storage" / name
     t0 = time.monotonic()
+    ensure_ray_token(paths.token)
     env = _env(paths, _s3_env())
     os.environ.update(_s3_env())
     step = Step(9)
@@ -414,17 +473,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SystemExit(f"the service did not become healthy; see {paths.logs}/serve.log")
     step.done(demo_request(paths, demo))
 
-    ns = netns_hint()
+    ns, venv = netns_hint(), Path(sys.executable).parent
+    # as printed, from any directory and shell: Ray's CLI needs this checkout's token file
+    auth = ("env " + ("-u RAY_AUTH_TOKEN " if "RAY_AUTH_TOKEN" in os.environ else "")
+            + " ".join(f"{k}={v}" for k, v in ray_auth_env(paths.token).items()))
     print(f"""
 MaDiS is up ({time.monotonic() - t0:.0f} s).
   service        {SERVE_URL}/  (demo page; POST /generate)   e.g.
                  {ns}curl -s -X POST {SERVE_URL}/generate -d '{{"text": "HELLO", "lang": "ase"}}'
   rendered       {paths.demo}/
-  TensorBoard    .venv/bin/tensorboard --logdir {st / 'finetune' / 'tensorboard'} --host 127.0.0.1
-  best checkpoint .venv/bin/madis best {st / 'finetune'} --history
-  Ray dashboard  {DASHBOARD}   jobs: {ns}env RAY_AUTH_MODE=token .venv/bin/ray job list --address {DASHBOARD}
+  TensorBoard    {venv}/tensorboard --logdir {st / 'finetune' / 'tensorboard'} --host 127.0.0.1
+  best checkpoint {venv}/madis best {st / 'finetune'} --history
+  Ray dashboard  {DASHBOARD}   jobs:
+                 {ns}{auth} {venv}/ray job list --address {DASHBOARD}
   logs           {paths.logs}/
-  stop all       .venv/bin/madis down
+  stop all       {venv}/madis down
 """)
     return 0
 
@@ -468,7 +531,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     ensure_isolated(["down"])
     paths = Paths(find_repo())
     env = _env(paths, _s3_env())
-    if ray_running(env):
+    try:
+        running = ray_running(env)
+    except SystemExit:  # not this checkout's cluster: its Serve is not ours to shut down
+        running = False
+    if running:
         subprocess.run(["serve", "shutdown", "--address", DASHBOARD, "-y"], env=env,
                        capture_output=True, timeout=120)
     # by the cluster's own temp dir: `ray stop` would end every Ray cluster of this machine

@@ -27,6 +27,20 @@ def job_module(name: str):
     return module
 
 
+def stop_process(proc, timeout_s: float = 60) -> None:
+    """SIGTERM one process this test started (e.g. `ray start --block`, which then stops its
+    own node), SIGKILL after ``timeout_s``; never `ray stop`, which ends every cluster."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _loopback_only() -> bool:
     # if_nameindex() asks the kernel about this process's network namespace; /sys/class/net
     # still lists the host's interfaces after `unshare -n` because sysfs is not remounted.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from madis.stack import stop_ray_cluster
+from madis.stack import ensure_ray_token, ray_auth_env, stop_ray_cluster
 from conftest import REPO, require_loopback
 
 VENV_BIN = Path(sys.executable).parent
@@ -43,7 +43,8 @@ def test_ray_job_submit_tokenizer_pretrain_finetune_then_generate(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="rayc-", dir="/tmp")  # short: Ray's socket paths
     runs = tmp_path / "storage"
     with LocalS3Server() as server:
-        env = {**os.environ, **server.env, "RAY_AUTH_MODE": "token",
+        token = ensure_ray_token(tmp_path / "ray_auth_token")  # a fresh machine has none
+        env = {**os.environ, **server.env, **ray_auth_env(token),
                "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
         old = {k: os.environ.get(k) for k in server.env}
         server.apply_env()

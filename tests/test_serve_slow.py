@@ -6,21 +6,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, require_loopback
+from conftest import REPO, require_loopback, stop_process
 from madis.serve.config import ServeConfig
 from madis.serve.load import run_load
 from madis.serve.testing import write_best, write_run
+from madis.stack import ensure_ray_token, ray_auth_env
 from test_serve import free_port, get_json, post
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -31,6 +32,8 @@ def _wait_http(url: str, timeout_s: float) -> None:
     while True:
         try:
             urllib.request.urlopen(url, timeout=5).close()
+            return
+        except urllib.error.HTTPError:  # it answers (401 without the token: authentication is on)
             return
         except OSError:
             if time.monotonic() > deadline:
@@ -45,7 +48,7 @@ def ray_head(tmp_path):
     cluster on the machine)."""
     require_loopback()
     temp = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))  # short: Ray's socket paths are limited
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled",  # nothing outside this namespace can connect
+    env = {**os.environ, **ray_auth_env(ensure_ray_token(tmp_path / "ray_auth_token")),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     dash = free_port()
     proc = subprocess.Popen(
@@ -57,12 +60,7 @@ def ray_head(tmp_path):
         _wait_http(f"http://127.0.0.1:{dash}/api/version", 120)
         yield f"http://127.0.0.1:{dash}", env
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(temp, ignore_errors=True)
 
 
