@@ -22,6 +22,11 @@ accuracy columns a known answer. ``--cache-dir`` keeps the trained models for la
   only to text, a separate model here), ``+drop-eos`` and ``+stage-kv`` (both change outputs;
   the ``agree`` column is the share of sign positions whose tokens equal exact UTC decoding of
   the same model, and ``len`` the mean decoded length).
+* ``thr-T`` (issue 15): confidence-threshold decoding at threshold T inside UTC's stages, on
+  top of the exact switches (``utc-all-exact``, its reference for ``agree``); ``-one`` rows use
+  Fast-dLLM's floor of one position per step instead of the schedule's count; ``+drop``/``+len``
+  add ``drop_after_eos`` / ``length_first``. ``steps`` is the mean ``steps_used`` at the large
+  batch, ``SiBLEU4`` body/hands the token BLEU-4 against the synthetic truth.
 
 Speed is only compared within one run (same process, interleaved repeats, median). Run::
 
@@ -165,6 +170,8 @@ def main() -> None:
     ap.add_argument("--cache-dir", default="", help="reuse models trained by an earlier run")
     ap.add_argument("--words", default="4,8", help="min,max words of the timed sentences "
                     "(8 sign positions each)")
+    ap.add_argument("--thresholds", default="0.9,0.7,0.5,0.3",
+                    help="confidence thresholds of the thr-T rows ('' for none)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -218,6 +225,16 @@ def main() -> None:
                                           text_kv_cache=True, drop_after_eos=True,
                                           stage_kv_cache=True, length_first=True)),
     }
+    exact = dict(sampler="utc", logits_masked_only=True, text_kv_cache=True)
+    thresholds = [float(t) for t in args.thresholds.split(",") if t]
+    for t in thresholds:
+        rows[f"thr-{t:g}"] = (mdlm_t2t, dict(exact, threshold=t))
+        rows[f"thr-{t:g}-one"] = (mdlm_t2t, dict(exact, threshold=t, threshold_floor="one"))
+    if thresholds:
+        t = thresholds[len(thresholds) // 2]
+        rows[f"thr-{t:g}+drop"] = (mdlm_t2t, dict(exact, threshold=t, drop_after_eos=True))
+        rows[f"thr-{t:g}+drop+len"] = (mdlm_t2t, dict(exact, threshold=t, drop_after_eos=True,
+                                                     length_first=True))
     if args.only:
         keep = {"ar", *args.only.split(",")}
         rows = {k: v for k, v in rows.items() if k in keep}
@@ -225,6 +242,7 @@ def main() -> None:
     reference = {"+drop-eos": "utc-plain", "+stage-kv": "utc-plain", "utc-all": "utc-all-exact",
                  "+text-kv": None, "+length-first": "utc-plain", "utc-length": "utc-all-exact",
                  "utc-all+length": "utc-all-exact"}
+    reference.update({name: "utc-all-exact" for name in rows if name.startswith("thr-")})
 
     big_words = corpus.pool
     big = [" ".join(ws) for ws in big_words]
@@ -272,8 +290,14 @@ def main() -> None:
     base_thr = statistics.median(thr["ar"])
     print(f"prompts ~{text_tokens:.0f} text tokens (incl. [EOS]); batch-1 latency over "
           f"{len(sents)} sentences and batch-{len(big)} throughput, median of {args.repeats}")
-    header = (f"{'row':<15}{'ms/sentence@1':>14}{'x ar':>7}{'sent/s@' + str(len(big)):>12}"
-              f"{'x ar':>7}{'len':>6}{'acc':>6}{'agree':>8}")
+    from madis.metrics.sign_bleu import part_sibleu
+
+    def bleu(out) -> dict[str, float]:
+        return part_sibleu([t[t[:, 0] >= 0] for t in out.tokens.cpu()],
+                           [t[t[:, 0] >= 0] for t in truth.cpu()])
+
+    header = (f"{'row':<18}{'ms/sentence@1':>14}{'x ar':>7}{'sent/s@' + str(len(big)):>12}"
+              f"{'x ar':>7}{'len':>6}{'acc':>6}{'agree':>8}{'steps':>7}{'SiBLEU4 b/h':>13}")
     print(header)
     print("-" * len(header))
     results = {}
@@ -282,11 +306,16 @@ def main() -> None:
         length = float(outputs[name + "@big"].lengths.float().mean())
         agree = agreement(name)
         acc = same_share(outputs[name + "@big"].tokens, truth)
+        used = outputs[name + "@big"].steps_used
+        steps = float(used.float().mean()) if used is not None else float("nan")
+        sb = bleu(outputs[name + "@big"])
         results[name] = {"latency_s": lt, "latency_ratio": lt / base_lat, "throughput": tp,
                          "throughput_ratio": tp / base_thr, "mean_length": length,
-                         "accuracy": acc, "agree": agree}
-        print(f"{name:<15}{lt * 1000:>14.1f}{lt / base_lat:>7.2f}{tp:>12.1f}{tp / base_thr:>7.2f}"
-              f"{length:>6.1f}{acc:>6.0%}{agree:>8}")
+                         "accuracy": acc, "agree": agree, "steps_used": steps,
+                         "sibleu4_body": sb["body"], "sibleu4_hands": sb["hands"]}
+        print(f"{name:<18}{lt * 1000:>14.1f}{lt / base_lat:>7.2f}{tp:>12.1f}{tp / base_thr:>7.2f}"
+              f"{length:>6.1f}{acc:>6.0%}{agree:>8}{steps:>7.1f}"
+              f"{sb['body']:>7.1f}/{sb['hands']:<5.1f}")
     print(f"len: mean decoded length at batch {len(big)} (truth {float((truth[..., 0] >= 0).sum(1).float().mean()):.1f}); "
           "acc: share of positions equal to the synthetic truth; agree: share equal to exact "
           "UTC decoding of the same model")

@@ -225,3 +225,21 @@ def test_generate_cli_pins_an_earlier_answer(tmp_path, capsys):
         assert main(base + extra) == 2, extra
         err = capsys.readouterr().err
         assert err.startswith("error:") and message in err, (extra, err)
+
+
+def test_threshold_judges_an_end_position_by_its_body():
+    """A sure [PAD] with (untrained, uniform) hands passes the threshold: its hands are no
+    tokens. The whole suffix after a sure end goes in one step per stage."""
+
+    def predict(tokens, masked, query):
+        _, i = query.nonzero(as_tuple=True)
+        body = torch.zeros(len(i), BODY)
+        body[:, 1] = torch.where(i < 8, 20.0, 0.0)
+        body[:, 9] = torch.where(i < 8, 0.0, 20.0)  # [PAD] from 8 on
+        hand = torch.zeros(len(i), HAND)
+        hand[:, 2] = torch.where(i < 8, 20.0, 0.0)  # sure hands only where there is a sign
+        return [body, hand, hand]
+
+    out = unmask(predict, 1, N, 12, CKPTS, body_classes=BODY, threshold=0.9)
+    assert out.steps.item() == 3
+    assert (out.tokens[0, 8:, 0] == 9).all() and (out.tokens[0, :8, 0] == 1).all()

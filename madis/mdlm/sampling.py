@@ -241,8 +241,9 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
         threshold: confidence-threshold decoding (Fast-dLLM's parallel decoding, inside UTC's
             stages): a step also commits every queried position whose confidence passes
             ``log(threshold)``, i.e. the geometric mean of its parts' probabilities is at least
-            ``threshold`` (a probability in (0, 1]); stage boundaries are kept. None: the fixed
-            schedule.
+            ``threshold`` (a probability in (0, 1]; for a position chosen as ``[EOS]``/``[PAD]``
+            the body's probability alone, its hands being no tokens); stage boundaries are
+            kept. None: the fixed schedule.
         threshold_floor: the least a threshold step commits: ``"schedule"`` -- LLaDA's count
             for the stage's remaining positions over its remaining steps, so a stage never
             takes more steps than its fixed share and the steps used are at most K (a threshold
@@ -333,7 +334,13 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
                 else:  # LLaDA's count for what is left: ceil(left / steps left)
                     k_rows = -(-left // (budget - j))
                 if log_thr is not None:
-                    k_rows = torch.maximum(k_rows, (conf >= log_thr).sum(1))
+                    # an [EOS]/[PAD] position's hands are not tokens (never trained): its body
+                    # alone says how sure it is
+                    sure = torch.where(choice[:, 0] >= eos, logp[:, 0], conf_q) >= log_thr
+                    passes = torch.zeros_like(masked)
+                    passes[query] = sure
+                    k_rows = torch.maximum(k_rows, passes.sum(1))
+                    conf = torch.where(passes, 1.0 + conf.exp(), conf)  # ranked first
                 # topk as the fixed schedule takes it: with the same counts, the same picks
                 top = conf.topk(int(k_rows.max().clamp(min=1)), dim=1)  # b, k
                 take = (top.values > -math.inf) & (pos[None, : top.indices.shape[1]] < k_rows[:, None])
