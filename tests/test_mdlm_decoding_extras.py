@@ -243,3 +243,28 @@ def test_threshold_judges_an_end_position_by_its_body():
     out = unmask(predict, 1, N, 12, CKPTS, body_classes=BODY, threshold=0.9)
     assert out.steps.item() == 3
     assert (out.tokens[0, 8:, 0] == 9).all() and (out.tokens[0, :8, 0] == 1).all()
+
+
+def test_threshold_rows_that_finish_early_sit_out_without_changing_answers():
+    """A row done with a stage skips its later steps (no compute): every answer equals the
+    row decoded alone, with the text keys/values recomputed or cached."""
+    many = ["Hello", "Guten Morgen", "你好，世界", "a", "Where is the station?"]
+    for t2t in (False, True):
+        torch.manual_seed(0)
+        m = MaDiSModel(tiny_config(num_positions=16, num_steps=8, text_attends_sign=not t2t),
+                       tiny_tokenizer())
+        with torch.no_grad():
+            for head in m.heads.heads:  # sharper heads: confidences differ between rows
+                head.weight.mul_(5.0)
+            m.heads.heads[0].bias[m.codebook_sizes[0]:] = -1e4
+        m.eval()
+        for thr in (0.9, 0.8, 0.7, 0.6, 0.5):  # one where the rows' step counts differ
+            both = m.generate(many, ["ase"] * 5, threshold=thr)
+            if len(set(both.steps_used.tolist())) > 1:
+                break
+        else:
+            pytest.fail("no threshold made rows finish stages at different steps")
+        for b, text in enumerate(many):
+            alone = m.generate([text], ["ase"], threshold=thr)
+            assert torch.equal(alone.tokens[0], both.tokens[b]), text
+            assert alone.steps_used.item() == both.steps_used[b].item()

@@ -282,6 +282,7 @@ class MaDiSModel(SignLanguageModel):
         threshold = cfg.threshold if threshold is None else threshold
         if threshold is not None and math.isinf(threshold):
             threshold = None
+        opts.skip_idle_rows = threshold is not None
         if pins is not None:
             pins = self._full_pins(pins, len(texts))
         was_training = self.training
@@ -326,6 +327,9 @@ class _DecodeOptions:
     text_kv_cache: bool
     drop_after_eos: bool
     stage_kv_cache: bool
+    #: threshold decoding: a step runs only the rows with a position to decide (rows that
+    #: finished the stage early wait for the others without computing)
+    skip_idle_rows: bool = False
 
 
 class _StepDecoder:
@@ -422,8 +426,38 @@ class _StepDecoder:
         else:
             # with drop_after_eos the sequence ends at the last row's first [EOS]
             cols = torch.arange(int(alive.sum(1).max()), device=tokens.device)
+            busy = query.any(1)
+            if self.opts.skip_idle_rows and not bool(busy.all()):
+                return self._predict_rows(busy.nonzero()[:, 0], tokens, masked, alive, cols,
+                                          query)
             h = self._run(tokens, masked, alive, cols)
         q = query[:, cols]  # every queried position is among cols
+        if self.opts.logits_masked_only:
+            return self.m.heads(h[q])
+        return tuple(lg[q] for lg in self.m.heads(h))
+
+
+    def _predict_rows(self, rows: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor,
+                      alive: torch.Tensor, cols: torch.Tensor,
+                      query: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """:meth:`predict` computed on ``rows`` only (the rows holding every query); the other
+        rows' caches and inputs are left as they are."""
+        m, lt = self.m, self.lt
+        text = self.text
+        emb, _ = m.sign_embedding(tokens[rows][:, cols], masked[rows][:, cols], self.embed,
+                                  self.tables)
+        pos = self.pos[rows]
+        if self.text_cache is not None:
+            cache = DynamicCache(config=m.backbone.config)
+            for i, layer in enumerate(self.text_cache.layers):
+                cache.update(layer.keys[rows], layer.values[rows], i)
+            attn = torch.cat([text.valid[rows], alive[rows][:, cols]], 1)
+            h = m.hidden(emb, attn, pos[:, lt + cols], cache)
+        else:
+            x = torch.cat([self.text_emb[rows], emb], 1)
+            attn = m.attention_mask(text.valid[rows], alive[rows][:, cols])
+            h = m.hidden(x, attn, torch.cat([pos[:, :lt], pos[:, lt + cols]], 1))[:, lt:]
+        q = query[rows][:, cols]
         if self.opts.logits_masked_only:
             return self.m.heads(h[q])
         return tuple(lg[q] for lg in self.m.heads(h))
