@@ -240,7 +240,7 @@ def upload_if_missing(local: Path, url: str) -> str:
 def own_corpus(shards: Path) -> tuple[str, tuple[str, str]]:
     """``madis up --shards DIR``: the corpus's name on the local S3 server and in storage/
     (``corpus-`` + its manifest's SHA-256, so a rebuilt corpus gets fresh runs) and the demo
-    request (the first test sample's text and language, else val's, else train's).
+    request (the first test sample of a language train has, else val's, else train's).
 
     Raises:
         SystemExit: not a local motion shard directory.
@@ -254,10 +254,12 @@ def own_corpus(shards: Path) -> tuple[str, tuple[str, str]]:
     m = read_manifest(str(shards))
     if m.get("tokens"):
         raise SystemExit(f"--shards {shards} holds token shards; give the motion shards")
-    split = next(s for s in ("test", "val", "train") if m["splits"].get(s, {}).get("samples"))
-    first = next(iter_samples(str(shards), split, shuffle=False, manifest=m))["meta"]
-    name = "corpus-" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:8]
-    return name, (first["text"], first["lang"])
+    trained = m["splits"]["train"]["languages"]  # Serve accepts the languages it trained on
+    demo = next((s["meta"]["text"], s["meta"]["lang"]) for split in ("test", "val", "train")
+                if m["splits"].get(split, {}).get("samples")
+                for s in iter_samples(str(shards), split, shuffle=False, manifest=m)
+                if s["meta"]["lang"] in trained)
+    return "corpus-" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:8], demo
 
 
 def ray_running(env: dict[str, str]) -> bool:

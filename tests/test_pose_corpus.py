@@ -221,6 +221,20 @@ def test_cut_by_start_end_and_refusals():
     s, e = lens[0] / 25.0, (lens[0] + lens[1]) / 25.0
     cut = read_pose_points(data, start=s, end=e)
     np.testing.assert_array_equal(cut.xyz, whole.xyz[lens[0]:lens[0] + lens[1]])
+    class Counting(io.BytesIO):
+        """A stream that counts the bytes read from it."""
+
+        got = 0
+
+        def read(self, n=-1):
+            out = super().read(n)
+            self.got += len(out)
+            return out
+
+    stream = Counting(_bytes(_concat([rec] * 20)))  # a 60-clip recording
+    one = read_pose_points(stream, start=s, end=e)
+    np.testing.assert_array_equal(one.xyz, cut.xyz)
+    assert stream.got < 0.1 * len(stream.getvalue())  # the header and one clip's frames
     late = read_pose_points(data, start=s, end=100.0)
     assert len(late.xyz) == lens[1] + lens[2] and "past the recording" in late.notes[0]
     with pytest.raises(ValueError, match="the cut starts at 100 s"):
@@ -328,6 +342,7 @@ def test_build_reports_every_row_and_writes_shards(corpus, tmp_path):
     assert rows[7]["source_frames"] == corpus["lens"][1] + corpus["lens"][2]
     assert rows[5]["person"] == 1 and rows[4]["people"] == 2
     assert any("no valid body frame" in w for w in report["warnings"])
+    assert any(w.startswith("sign language(s) gsg have no train sample") for w in report["warnings"])
 
     manifest = read_manifest(str(out))
     assert manifest["format"] == "keypoints" and manifest["fps"] == FPS
@@ -458,7 +473,11 @@ def test_madis_up_points_at_own_shards(corpus, tmp_path):
     name, demo = own_corpus(shards)
     digest = hashlib.sha256((shards / "manifest.json").read_bytes()).hexdigest()[:8]
     assert name == f"corpus-{digest}"
-    first = next(iter_samples(str(shards), "test", shuffle=False))["meta"]
+    splits = read_manifest(str(shards))["splits"]
+    # gsg has only val and test clips here, which Serve (trained on ase only) would refuse
+    assert set(splits["test"]["languages"]) == set(splits["val"]["languages"]) == {"gsg"}
+    assert set(splits["train"]["languages"]) == {"ase"}
+    first = next(iter_samples(str(shards), "train", shuffle=False))["meta"]
     assert demo == (first["text"], first["lang"])
     with pytest.raises(SystemExit, match="madis data build-pose"):
         own_corpus(tmp_path / "nothing")

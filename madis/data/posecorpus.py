@@ -281,12 +281,14 @@ class _Cache:
 
     def put(self, row: int, p: HolisticPoints) -> None:
         est = p.estimated if p.estimated is not None else np.zeros_like(p.present)
-        np.savez(self.dir / f"{row}.npz", xyz=p.xyz, present=p.present, estimated=est)
+        # one plain [T, 55, 5] array (xyz, present, estimated): cheaper to load than a .npz (a zip)
+        packed = np.concatenate([p.xyz, p.present[..., None], est[..., None]], -1)
+        np.save(self.dir / f"{row}.npy", packed.astype(np.float32), allow_pickle=False)
 
     def get(self, row: int, fps: float) -> HolisticPoints:
-        with np.load(self.dir / f"{row}.npz") as z:
-            return HolisticPoints(xyz=z["xyz"], present=z["present"], fps=fps,
-                                  estimated=z["estimated"])
+        a = np.load(self.dir / f"{row}.npy", allow_pickle=False)
+        return HolisticPoints(xyz=np.ascontiguousarray(a[..., :3]), present=a[..., 3] > 0,
+                              fps=fps, estimated=a[..., 4] > 0)
 
 
 def _read_row(row: Row, person: int) -> HolisticPoints:
@@ -295,9 +297,9 @@ def _read_row(row: Row, person: int) -> HolisticPoints:
     Raises:
         ValueError / FileNotFoundError / ObjectMissing: the row cannot be used (reported).
     """
-    data = storage.read_bytes(row.url)
-    p = read_pose_points(data, row.person if row.person is not None else person,
-                         start=row.start, end=row.end, fps=row.fps)
+    with storage.open_read(row.url) as f:  # a cut reads its frames only (S3: ranged GETs)
+        p = read_pose_points(f, row.person if row.person is not None else person,
+                             start=row.start, end=row.end, fps=row.fps)
     normalize_points(p)  # raises when the shoulders are never detected
     if not any(p.present[:, POINT_SLICES[h]].all(-1).any() for h in ("lhand", "rhand")):
         raise ValueError("no hand detected in any frame")
@@ -363,6 +365,11 @@ def build_pose_corpus(index: str, out_dir: str, *, person: int = 0, seed: int = 
             if not counts[split] and good:
                 warnings.append(f"no {split} samples: the training jobs validate on val, "
                                 "`madis generate --split test` and the fleet read test")
+        untrained = sorted({r.lang for r in good} - {r.lang for r in good
+                                                    if split_of[r.row] == "train"})
+        if untrained:
+            warnings.append(f"sign language(s) {', '.join(untrained)} have no train sample: the "
+                            "model cannot learn them (give some rows split=train)")
         report_rows = [outcomes[k] for k in sorted(outcomes)]
         manifest = None
         if not counts["train"]:

@@ -74,7 +74,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import numpy as np
 
@@ -253,13 +253,16 @@ def detect_layout(components: Mapping[str, list]) -> PoseLayout:
     return layout
 
 
-def read_pose_points(source: str | os.PathLike | bytes, person: int = 0, *,
+def read_pose_points(source: str | os.PathLike | bytes | BinaryIO, person: int = 0, *,
                      start: float | None = None, end: float | None = None,
                      fps: float | None = None) -> HolisticPoints:
     """Read the 55 points of one person of a ``.pose`` file (module doc, Reading).
 
     Args:
-        source: a local path or the file's bytes (``madis.data.posecorpus`` fetches ``s3://``).
+        source: a local path, the file's bytes or a seekable binary stream
+            (``madis.data.posecorpus`` opens ``s3://`` ones). Only the header and the frames
+            kept are read from a path or stream, so cutting a sentence out of a long recording
+            reads that sentence, not the recording.
         person: which person of the file (0: the first).
         start, end: seconds; keep frames ``floor(start * fps) .. ceil(end * fps) - 1`` only
             (pose-format reads just those frames), ``fps`` being the header's.
@@ -278,9 +281,13 @@ def read_pose_points(source: str | os.PathLike | bytes, person: int = 0, *,
     from pose_format import Pose
     from pose_format.pose_body import EmptyPoseBody
 
-    data = source if isinstance(source, bytes) else open(source, "rb").read()
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return read_pose_points(f, person, start=start, end=end, fps=fps)
     where = _where(source)
-    head = Pose.read(io.BytesIO(data), pose_body=EmptyPoseBody)  # header, fps and frame count
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    stream.seek(0)
+    head = Pose.read(stream, pose_body=EmptyPoseBody)  # header, fps and frame count only
     comps = {c.name: list(c.points) for c in head.header.components}
     layout = detect_layout(comps)
     total, people = int(head.body.data.shape[0]), int(head.body.data.shape[1])
@@ -309,7 +316,9 @@ def read_pose_points(source: str | os.PathLike | bytes, person: int = 0, *,
         if stop > total:
             notes.append(f"the cut ends at {e:g} s, past the recording's {total / clip_fps:.2f} s")
         cut = {"start_frame": first, "end_frame": min(stop, total)}
-    pose = Pose.read(data, **cut)
+    stream.seek(0)
+    # a frame range makes pose-format seek past the frames it skips instead of reading them
+    pose = Pose.read(stream, **(cut or {"start_frame": 0, "end_frame": total}))
     offsets, start_idx = {}, 0
     for c in pose.header.components:
         offsets[c.name] = start_idx
@@ -379,7 +388,9 @@ def read_pose_points(source: str | os.PathLike | bytes, person: int = 0, *,
 
 
 def _where(source) -> str:
-    return "<bytes>" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        return "<bytes>"
+    return str(getattr(source, "name", None) or getattr(source, "path", None) or source)
 
 
 def normalize_points(points: HolisticPoints) -> np.ndarray:
