@@ -254,12 +254,61 @@ def test_ar_baseline_trains_and_decodes_with_cache(tmp_path, tok):
     out = ar.generate(batch["text"], batch["lang"])
     # the KV-cached decoding agrees with teacher forcing: it reproduces the memorised tokens
     assert out.lengths.tolist() == [12, 6, 9]
+    # one step per position, [EOS] included (row 0 fills all N = 12: no [EOS] step)
+    assert out.steps_used.tolist() == [12, 7, 10]
     for b, n in enumerate([12, 6, 9]):
         assert torch.equal(out.tokens[b, :n], batch["tokens"][b, :n])
     ar.save_pretrained(tmp_path / "ar")
     again = load_pretrained(tmp_path / "ar", tok)
     assert isinstance(again, ARBaseline)
     assert torch.equal(again.generate(batch["text"], batch["lang"]).tokens, out.tokens)
+
+
+def test_architecture_switch_picks_the_class_and_survives_save_load(tmp_path, tok):
+    import json
+
+    from madis.config import ConfigError
+    from madis.mdlm import model_class
+
+    assert model_class("ar") is ARBaseline and model_class("mdlm") is MaDiSModel
+    with pytest.raises(ConfigError, match="architecture"):
+        tiny_config(architecture="gpt")
+    ar = ARBaseline(tiny_config(), tok)  # the class decides what its config says
+    assert ar.cfg.architecture == "ar" and MaDiSModel(tiny_config(), tok).cfg.architecture == "mdlm"
+    ar.save_pretrained(tmp_path / "ar")
+    cfg_file = tmp_path / "ar" / "config.json"
+    saved = json.loads(cfg_file.read_text())
+    assert saved["model"]["architecture"] == "ar"
+    del saved["model"]["architecture"]  # an export written before the field existed
+    cfg_file.write_text(json.dumps(saved))
+    again = load_pretrained(tmp_path / "ar", tok)
+    assert isinstance(again, ARBaseline) and again.cfg.architecture == "ar"
+    with pytest.raises(ValueError, match="architecture mdlm"):
+        load_pretrained(tmp_path / "ar", tok, overrides={"architecture": "mdlm"})
+
+
+def test_ar_pins_are_kept_and_a_threshold_is_refused(tok):
+    torch.manual_seed(0)
+    ar = ARBaseline(tiny_config(), tok).eval()
+    with torch.no_grad():  # never [EOS]/[PAD] unless pinned: every row runs to N
+        ar.heads.heads[0].bias[ar.codebook_sizes[0]:] = -1e4
+    pins = torch.full((2, 3, 3), -1, dtype=torch.long)
+    pins[0, 0] = torch.tensor([1, 2, 3])
+    pins[1, 1, 2] = 7
+    pins[1, 2, 0] = ar.codebook_sizes[0]  # [EOS] at position 2
+    stages = []
+    out = ar.generate(TEXTS[:2], LANGS[:2], pins=pins,
+                      on_stage_end=lambda *a: stages.append(a))
+    assert out.tokens[0, 0].tolist() == [1, 2, 3] and int(out.tokens[1, 1, 2]) == 7
+    assert out.lengths.tolist() == [ar.cfg.num_positions, 2]
+    assert out.steps_used.tolist() == [ar.cfg.num_positions, 3]
+    assert len(stages) == 1 and stages[0][0] == 0 and not stages[0][2].any()
+    free = ar.generate(TEXTS[:2], LANGS[:2])
+    assert not torch.equal(free.tokens[0, 0], out.tokens[0, 0])  # the pin changed something
+    with pytest.raises(ValueError, match="threshold"):
+        ar.generate(TEXTS[:1], LANGS[:1], threshold=0.9)
+    with pytest.raises(ValueError, match="outside the codebook"):
+        ar.generate(TEXTS[:1], LANGS[:1], pins=torch.full((1, 1, 3), 99))
 
 
 def test_pretrained_backbone_path_extends_vocabulary(tmp_path, tok):

@@ -206,3 +206,33 @@ def test_an_empty_generation_is_served_as_the_still_mean_pose(tmp_path):
     out = json.loads(result_json(res, lm.format, screen=True))
     assert (out["length"], out["frames"]) == (0, 4)
     assert render_gif(res, lm.format)[:6] == b"GIF89a" and len(render_pose(res, lm.format)) > 0
+
+
+def test_an_autoregressive_export_is_served_like_a_madis_one(tmp_path):
+    """model.architecture: ar (the Table 1 baseline) loads and answers through the same model
+    side: batches, pins kept, one streamed stage, steps used; threshold decoding is refused."""
+    from madis.serve.generator import LoadedModel
+    from madis.serve.requests import GenerateRequest
+
+    torch.set_num_threads(1)
+    write_run(tmp_path, steps=(10,), model_overrides={"architecture": "ar"})
+    lm = LoadedModel.load(choose_model(str(tmp_path / "finetune")), ServeConfig())
+    assert type(lm.model).__name__ == "ARBaseline" and lm.info()["model"]["class"] == "ARBaseline"
+    pin = ((3, -1, 5), (-1, 2, -1))
+    reqs = [GenerateRequest("HELLO", "ase", 6, "utc"), GenerateRequest("HAUS", "gsg", 6, "utc"),
+            GenerateRequest("HELLO", "ase", 6, "utc", pin=pin)]
+    views = []
+    res = lm.generate(reqs, [None, None, views.append])
+    for r in res:
+        assert r.tokens.shape == (12, 3) and r.motion.shape == (48, 165)
+        assert r.steps_used == 12  # one step per position; [EOS] is unreachable here
+    assert res[2].tokens[0, 0] == 3 and res[2].tokens[0, 2] == 5 and res[2].tokens[1, 1] == 2
+    alone = lm.generate([reqs[1]])[0]
+    np.testing.assert_array_equal(alone.tokens, res[1].tokens)
+    assert [(v.stage, v.num_stages) for v in views] == [(1, 1)]
+    np.testing.assert_array_equal(views[0].tokens, res[2].tokens)
+    eos = lm.generate([GenerateRequest("HELLO", "ase", 6, "utc", pin=((-1, -1, -1), (2, -1, -1),
+                                                                       (8, -1, -1)))])[0]
+    assert eos.tokens.shape == (2, 3) and eos.steps_used == 3  # a pinned [EOS] ends the row
+    refused = lm.generate([GenerateRequest("HELLO", "ase", 6, "utc", threshold=0.9)])[0]
+    assert isinstance(refused, RequestError) and refused.status == 422

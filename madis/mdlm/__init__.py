@@ -19,7 +19,7 @@ from madis.utils.lazy import lazy_exports
 # `madis --help` nor a user of the byte tokenizer alone should pay for
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "ar": ("ARBaseline",),
-    "base": ("Generation", "SignLanguageModel", "TextBatch", "load_pretrained"),
+    "base": ("Generation", "SignLanguageModel", "TextBatch", "load_pretrained", "model_class"),
     "config": ("ModelConfig",),
     "masking": ("sample_mask_ratio", "uniform_mask", "utc_index_mask", "utc_stage_of_positions",
                 "utc_strides"),

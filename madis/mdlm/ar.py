@@ -10,7 +10,8 @@ shape as :class:`~madis.mdlm.model.MaDiSModel`, so the shared training loop can 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import math
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ class ARBaseline(SignLanguageModel):
     """Causal Qwen3 + SOKE multi-head decoding; arguments as :class:`MaDiSModel`."""
 
     causal = True
+    architecture = "ar"
 
     def __init__(self, cfg: ModelConfig, tokenizer: Any = None, **kwargs: Any) -> None:
         super().__init__(cfg, tokenizer, **kwargs)
@@ -90,17 +92,41 @@ class ARBaseline(SignLanguageModel):
     def generate(self, texts: list[str], langs: list[str] | None = None, *,
                  num_steps: int | None = None, sampler: str | None = None,
                  temperature: float | None = None, generator: torch.Generator | None = None,
-                 stop_at_eos: bool = True, **_: Any) -> Generation:
+                 stop_at_eos: bool = True, pins: torch.Tensor | None = None,
+                 threshold: float | None = None,
+                 on_stage_end: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                 **_: Any) -> Generation:
         """Greedy (or Gumbel, ``temperature`` > 0) multi-head decoding with a KV cache: one
         forward of the prefix, then one single-position forward per sign position.
 
-        ``num_steps``, ``sampler`` and MDLM speed-up switches are accepted and ignored (the
-        baseline always takes N steps, fewer when every row has said [EOS] and
-        ``stop_at_eos``), so callers can treat both models alike.
+        ``num_steps``, ``sampler`` and the MDLM speed-up switches are accepted and ignored (the
+        baseline takes one step per position until every row has said [EOS] with
+        ``stop_at_eos``, else N), so callers treat both models alike.
+
+        Args:
+            pins: ``[B, N', 3]`` int, -1 where free (as :meth:`MaDiSModel.generate
+                <madis.mdlm.model.MaDiSModel.generate>`): a pinned part is forced at its
+                position and the next positions are decoded after it (teacher forcing); a
+                pinned body ``K_B`` ends the row there.
+            threshold: must be None (or inf): confidence-threshold decoding is the MDLM's.
+            on_stage_end: called once at the end, as the single stage ``(0, tokens [B, N, 3],
+                masked [B, N] all False)`` in head space (streamed decoding sees one stage).
+        Returns:
+            :class:`~madis.mdlm.base.Generation`; ``steps_used`` per row is the positions it
+            decoded up to and including its [EOS].
+        Raises:
+            ValueError: a negative or NaN temperature, a threshold, pins ``_full_pins`` refuses.
         """
         cfg, vocab = self.cfg, self.vocab
         num_pos = cfg.num_positions
         temperature = cfg.temperature if temperature is None else temperature
+        if not temperature >= 0:  # NaN fails too
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        if threshold is not None and not math.isinf(threshold):
+            raise ValueError("threshold decoding applies to the masked diffusion model; the "
+                             "autoregressive baseline decodes one position per step")
+        if pins is not None:
+            pins = self._full_pins(pins, len(texts))
         was_training = self.training
         self.eval()
         try:
@@ -115,19 +141,26 @@ class ARBaseline(SignLanguageModel):
             tokens = torch.zeros(bsz, num_pos, 3, dtype=torch.long, device=dev)
             tokens[..., 0] = vocab.eos_class  # positions never reached read as ended
             done = torch.zeros(bsz, dtype=torch.bool, device=dev)
+            steps = torch.full((bsz,), num_pos, dtype=torch.long, device=dev)
             no_mask = torch.zeros(bsz, 1, dtype=torch.bool, device=dev)
             one = torch.ones(bsz, 1, dtype=torch.bool, device=dev)
             for i in range(num_pos):
                 choice = torch.stack([pick_tokens(lg, temperature, generator)[0]
                                       for lg in self.heads(h)], -1)  # b, 3
+                if pins is not None:
+                    choice = torch.where(pins[:, i] >= 0, pins[:, i], choice)
                 tokens[:, i] = choice
-                done |= choice[:, 0] >= vocab.eos_class
+                ends = ~done & (choice[:, 0] >= vocab.eos_class)
+                steps[ends] = i + 1
+                done |= ends
                 if (stop_at_eos and bool(done.all())) or i == num_pos - 1:
                     break
                 emb, _ = self.sign_embedding(choice[:, None], no_mask, embed)
                 attn = torch.cat([attn, one], 1)
                 h = self._hidden(emb, attn, pos[:, lt + i: lt + i + 1], cache)[:, -1]
+            if on_stage_end is not None:
+                on_stage_end(0, tokens, torch.zeros(bsz, num_pos, dtype=torch.bool, device=dev))
             codes, lengths = truncate_at_eos(tokens, self.codebook_sizes[0])
         finally:
             self.train(was_training)
-        return Generation(codes, lengths, None, [])
+        return Generation(codes, lengths, None, [], steps)

@@ -10,7 +10,7 @@ so the one training loop and the benchmarks treat them alike.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -77,8 +77,9 @@ class Generation:
         lengths: ``[B]`` int64, sign positions kept (4 frames each).
         gates: ``[B, N, 3]`` MoP gate weights of the final tokens (paper Figure 7), or None.
         trace: masked state ``[B, N]`` after every step (``record=True``), else empty.
-        steps_used: ``[B]`` int64, unmasking steps that decided some of the row's positions
-            (None for the autoregressive baseline).
+        steps_used: ``[B]`` int64, decoding steps that decided some of the row's positions
+            (unmasking steps of the MDLM; for the autoregressive baseline, one step per position
+            up to and including its [EOS]).
     """
 
     tokens: torch.Tensor
@@ -104,12 +105,16 @@ class SignLanguageModel(nn.Module):
     """
 
     causal: ClassVar[bool] = False
+    #: the ``model.architecture`` this class implements
+    architecture: ClassVar[str] = ""
 
     def __init__(self, cfg: ModelConfig, tokenizer: Any = None, *,
                  codebook_sizes: Sequence[int] | None = None,
                  code_dims: Sequence[int] | None = None,
                  _saved: Mapping[str, Any] | None = None) -> None:
         super().__init__()
+        if cfg.architecture != self.architecture:  # the class decides: what it saves says so
+            cfg = replace(cfg, architecture=self.architecture)
         self.cfg = cfg
         object.__setattr__(self, "tokenizer", None)
         if tokenizer is not None:
@@ -193,6 +198,28 @@ class SignLanguageModel(nn.Module):
 
     def embed_tokens(self) -> nn.Embedding:
         return self.backbone.get_input_embeddings()
+
+    def decoding_stages(self, sampler: str | None = None) -> int:
+        """Stages of ``generate`` with ``sampler`` (each ends with an ``on_stage_end`` call)."""
+        return 1
+
+    def _full_pins(self, pins: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``[B, N', 3]`` pins checked (:func:`~madis.mdlm.sampling.check_pins`) and padded with
+        -1 (free) to ``[B, N, 3]``, on the model's device.
+
+        Raises:
+            ValueError: wrong shape, more than N positions, or pins ``check_pins`` refuses.
+        """
+        from madis.mdlm.sampling import check_pins
+
+        n = self.cfg.num_positions
+        pins = torch.as_tensor(pins, dtype=torch.long, device=self.device)
+        if pins.ndim != 3 or pins.shape[0] != batch_size or pins.shape[2] != 3:
+            raise ValueError(f"pins must be [{batch_size}, <= {n}, 3], got {tuple(pins.shape)}")
+        if pins.shape[1] > n:
+            raise ValueError(f"pins cover {pins.shape[1]} positions; the model has N = {n}")
+        check_pins(pins, self.codebook_sizes)
+        return torch.cat([pins, pins.new_full((batch_size, n - pins.shape[1], 3), -1)], 1)
 
     # ------------------------------------------------------------------ batching
     def encode_texts(self, texts: Sequence[str], langs: Sequence[str] | None = None) -> TextBatch:
@@ -363,7 +390,11 @@ class SignLanguageModel(nn.Module):
         if meta["class"] != cls.__name__ and cls is not SignLanguageModel:
             raise ValueError(f"{d} holds a {meta['class']}, not a {cls.__name__}")
         target = cls if cls is not SignLanguageModel else _model_class(meta["class"])
-        cfg_dict = dict(meta["model"])
+        cfg_dict = saved_model_config(meta)
+        wanted = (overrides or {}).get("architecture", target.architecture)
+        if wanted != target.architecture:
+            raise ValueError(f"{d} holds a {meta['class']} (model.architecture "
+                             f"{target.architecture}), not model.architecture {wanted}")
         cfg_dict.update(overrides or {})
         cfg = from_dict(ModelConfig, cfg_dict, where="model")
         saved = {"backbone": meta["backbone"], "text_size": meta["text_size"],
@@ -377,6 +408,29 @@ class SignLanguageModel(nn.Module):
         if tokenizer is not None:
             model.attach_tokenizer(tokenizer)
         return model
+
+
+def saved_model_config(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` section of a checkpoint's ``config.json``, with ``architecture`` filled
+    in from its class for checkpoints written before that field existed."""
+    out = dict(meta["model"])
+    out.setdefault("architecture", _model_class(meta["class"]).architecture)
+    return out
+
+
+def model_class(architecture: str) -> type[SignLanguageModel]:
+    """The class of a ``model.architecture`` (``mdlm``: MaDiSModel, ``ar``: ARBaseline).
+
+    Raises:
+        ValueError: an unknown architecture.
+    """
+    from madis.mdlm.ar import ARBaseline
+    from madis.mdlm.model import MaDiSModel
+
+    for c in (MaDiSModel, ARBaseline):
+        if c.architecture == architecture:
+            return c
+    raise ValueError(f"unknown model architecture {architecture!r}")
 
 
 def _model_class(name: str) -> type[SignLanguageModel]:
@@ -406,5 +460,5 @@ def positions(text: TextBatch, num_sign: int) -> torch.Tensor:
     return torch.cat([text_pos, text.lengths[:, None] + steps], 1)
 
 
-__all__ = ["Generation", "SignLanguageModel", "TextBatch", "load_pretrained", "positions",
-           "ByteTokenizer"]
+__all__ = ["Generation", "SignLanguageModel", "TextBatch", "load_pretrained", "model_class",
+           "positions", "ByteTokenizer"]

@@ -10,11 +10,21 @@ EMBEDDINGS = ("dense", "simple_avg", "sparse_top1", "sparse_top2")
 SAMPLERS = ("utc", "vanilla")
 MOP_INITS = ("default", "text_scale")
 TEXT_POSITIONS = ("sequential", "aligned")
+ARCHITECTURES = ("mdlm", "ar")
 
 
 @dataclass
 class ModelConfig:
     """Hyper-parameters of MaDiS's masked diffusion language model (paper 3.2, 3.3, 4).
+
+    Architecture:
+        architecture: ``mdlm`` (MaDiS: a non-causal Qwen3 trained as a masked diffusion LM,
+            :class:`~madis.mdlm.model.MaDiSModel`) or ``ar``: the autoregressive baseline of
+            the paper's Table 1 at the same sizes (a causal Qwen3 with SOKE-style multi-head
+            decoding, :class:`~madis.mdlm.ar.ARBaseline`; docs/design.md#the-autoregressive-baseline).
+            The jobs train either through the one loop (``ray_jobs/finetune.py --init none
+            model.architecture=ar``); its exports load wherever a MaDiS export does. The
+            masking, UTC, embedding and MDLM decoding fields do not apply to ``ar``.
 
     Backbone:
         backbone: ``"tiny"`` builds a randomly initialised Qwen3 from the ``hidden_size`` ...
@@ -93,6 +103,7 @@ class ModelConfig:
             (SOKE: 0.2, 0.4, 0.4).
     """
 
+    architecture: str = "mdlm"
     backbone: str = "tiny"
     hidden_size: int = 128
     num_layers: int = 2
@@ -141,6 +152,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         from madis.mdlm.masking import utc_strides
 
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"model.architecture must be one of {ARCHITECTURES}, got "
+                              f"{self.architecture!r}")
         if self.embedding not in EMBEDDINGS:
             raise ConfigError(f"model.embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
         if self.text_positions not in TEXT_POSITIONS:

@@ -28,7 +28,7 @@ from madis.mdlm.masking import (
     utc_index_mask,
     utc_stage_of_positions,
 )
-from madis.mdlm.sampling import check_pins, truncate_at_eos, unmask
+from madis.mdlm.sampling import truncate_at_eos, unmask
 from madis.motion.base import FRAMES_PER_POSITION, PARTS, get_format
 
 STAGES = ("pretrain", "finetune")
@@ -51,9 +51,11 @@ class MaDiSModel(SignLanguageModel):
     """
 
     causal = False
+    architecture = "mdlm"
 
     def __init__(self, cfg: ModelConfig, tokenizer: Any = None, **kwargs: Any) -> None:
         super().__init__(cfg, tokenizer, **kwargs)
+        cfg = self.cfg
         codebooks = tokenizer.codebooks if tokenizer is not None else None
         self.sign_embedding = SignEmbedding(cfg.embedding, self.vocab, self.d_model,
                                             self.code_dims, codebooks, cfg.train_codebooks)
@@ -305,16 +307,9 @@ class MaDiSModel(SignLanguageModel):
             self.train(was_training)
         return Generation(codes, lengths, gates, out.trace, out.steps)
 
-    def _full_pins(self, pins: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """``[B, N', 3]`` pins checked and padded with -1 (free) to ``[B, N, 3]``."""
-        n = self.cfg.num_positions
-        pins = torch.as_tensor(pins, dtype=torch.long, device=self.device)
-        if pins.ndim != 3 or pins.shape[0] != batch_size or pins.shape[2] != 3:
-            raise ValueError(f"pins must be [{batch_size}, <= {n}, 3], got {tuple(pins.shape)}")
-        if pins.shape[1] > n:
-            raise ValueError(f"pins cover {pins.shape[1]} positions; the model has N = {n}")
-        check_pins(pins, self.codebook_sizes)
-        return torch.cat([pins, pins.new_full((batch_size, n - pins.shape[1], 3), -1)], 1)
+    def decoding_stages(self, sampler: str | None = None) -> int:
+        """UTC stages (``len(model.utc_checkpoints) + 1``) for ``utc``, 1 for ``vanilla``."""
+        return len(self.cfg.utc_checkpoints) + 1 if (sampler or self.cfg.sampler) == "utc" else 1
 
 
 def _pick(value: bool | None, default: bool) -> bool:

@@ -27,15 +27,16 @@ import torch
 from torch import nn
 
 from madis.config import ConfigError, job_section, to_dict
+from madis.mdlm.base import SignLanguageModel, load_pretrained, model_class, saved_model_config
 from madis.mdlm.config import ModelConfig
-from madis.mdlm.model import STAGES, MaDiSModel
+from madis.mdlm.model import STAGES
 from madis.motion.base import FRAMES_PER_POSITION
 from madis.train.task import Task
 from madis.utils.pretrained import local_copy
 
 #: ModelConfig fields that fix the architecture: a fine-tuning config must agree with the
 #: pretraining checkpoint on these (the rest -- masking, losses, decoding -- may change).
-ARCHITECTURE_FIELDS = ("backbone", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+ARCHITECTURE_FIELDS = ("architecture", "backbone", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                        "head_dim", "intermediate_size", "rope_theta", "text_tokenizer", "dtype")
 #: seed of the masks drawn for validation losses (the same masks at every checkpoint)
 VAL_SEED = 1234
@@ -49,7 +50,7 @@ class MDLMTrainModule(nn.Module):
     engine's hooks in the path, which ZeRO-3 needs to gather partitioned parameters.
     """
 
-    def __init__(self, model: MaDiSModel, stage: str) -> None:
+    def __init__(self, model: SignLanguageModel, stage: str) -> None:
         super().__init__()
         self.model = model
         self.stage = stage
@@ -83,27 +84,28 @@ def load_tokenizer(url: str):
     return DecoupledTokenizer.from_pretrained(url)
 
 
-def init_model(cfg: ModelConfig, tokenizer, init_from: str | None) -> MaDiSModel:
-    """A fresh model, or the weights exported at ``init_from`` with ``cfg``'s non-architecture
-    fields (masking, losses, embedding variant, decoding switches) applied.
+def init_model(cfg: ModelConfig, tokenizer, init_from: str | None) -> SignLanguageModel:
+    """A fresh model of ``cfg.architecture`` (MaDiS, or the autoregressive baseline), or the
+    weights exported at ``init_from`` with ``cfg``'s non-architecture fields (masking, losses,
+    embedding variant, decoding switches) applied.
 
     Raises:
         ConfigError: ``cfg`` asks for another architecture than the checkpoint holds.
         FileNotFoundError: no model at ``init_from``.
     """
     if not init_from:
-        return MaDiSModel(cfg, tokenizer)
+        return model_class(cfg.architecture)(cfg, tokenizer)
     import json
 
     with local_copy(init_from) as local:
-        saved = json.loads((Path(local) / "config.json").read_text())["model"]
+        saved = saved_model_config(json.loads((Path(local) / "config.json").read_text()))
         wanted = to_dict(cfg)
         differ = {k: (saved.get(k), wanted[k]) for k in ARCHITECTURE_FIELDS
                   if saved.get(k) != wanted[k]}
         if differ:
             raise ConfigError(f"model config differs from the checkpoint at {init_from} in its "
                               f"architecture (checkpoint, config): {differ}")
-        return MaDiSModel.from_pretrained(local, tokenizer, overrides=wanted)
+        return load_pretrained(local, tokenizer, overrides=wanted)
 
 
 def truncate_sample(sample: dict, num_positions: int) -> dict:
@@ -172,7 +174,8 @@ def read_token_manifests(shards: Sequence[str]) -> list[dict]:
 
 @dataclass
 class MDLMTask(Task):
-    """Pretraining or fine-tuning of :class:`MaDiSModel` on token shards.
+    """Pretraining or fine-tuning of :class:`MaDiSModel` (or, with ``model.architecture: ar``,
+    the autoregressive baseline :class:`~madis.mdlm.ar.ARBaseline`) on token shards.
 
     Build it with :meth:`from_shards`.
 
@@ -348,8 +351,9 @@ def token_accuracy(generated: torch.Tensor, reference: torch.Tensor,
 
 
 def load_generator(export_url: str, map_location: str | torch.device = "cpu",
-                   overrides: dict[str, Any] | None = None) -> MaDiSModel:
-    """A trained model with its tokenizer attached, from a checkpoint's export directory.
+                   overrides: dict[str, Any] | None = None) -> SignLanguageModel:
+    """A trained model (MaDiS or the autoregressive baseline, as the export says) with its
+    tokenizer attached, from a checkpoint's export directory.
 
     The tokenizer is the copy in ``export/tokenizer``, else the tokenizer checkpoint named in the
     export's ``metadata.json``.
@@ -357,8 +361,6 @@ def load_generator(export_url: str, map_location: str | torch.device = "cpu",
     Raises:
         FileNotFoundError: no model or no tokenizer found.
     """
-    from madis.mdlm.base import load_pretrained
-
     with local_copy(export_url) as local:  # a copy of an s3:// export is removed after loading
         tok_dir = Path(local) / TOKENIZER_DIR
         if tok_dir.is_dir():

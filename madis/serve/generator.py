@@ -67,7 +67,8 @@ class LoadedModel:
     """A checkpoint loaded for serving: the model, its tokenizer and the request limits.
 
     Args:
-        model: a ``MaDiSModel`` with its motion tokenizer attached (``load_generator``).
+        model: a ``MaDiSModel`` or ``ARBaseline`` with its motion tokenizer attached
+            (``load_generator``).
         choice: where it came from (:class:`~madis.serve.source.ModelChoice`).
         cfg: the ``serve`` section.
         languages: accepted sign-language codes.
@@ -79,7 +80,7 @@ class LoadedModel:
         fmt = model.tokenizer.motion_format
         self.format: MotionFormat = get_format(fmt) if isinstance(fmt, str) else fmt
         mcfg = model.cfg
-        stages = len(mcfg.utc_checkpoints) + 1
+        stages = model.decoding_stages("utc")
         # more steps than positions would only add steps that unmask nothing
         top = min(cfg.max_num_steps, mcfg.num_positions)
         self.limits = Limits(
@@ -170,7 +171,7 @@ class LoadedModel:
         rows = [b for b, s in enumerate(sinks) if s is not None]
         if not rows:
             return None
-        num_stages = len(self.model.cfg.utc_checkpoints) + 1 if sampler == "utc" else 1
+        num_stages = self.model.decoding_stages(sampler)
 
         def on_stage_end(stage: int, tokens: torch.Tensor, masked: torch.Tensor) -> None:
             views = stage_views(self.model.tokenizer, tokens[rows], masked[rows],

@@ -46,19 +46,20 @@ def random_tokenizer(cfg: TokenizerConfig, fmt: str = "keypoints", seed: int = 0
 def write_export(directory: str | Path, tokenizer: DecoupledTokenizer, *, model_cfg: ModelConfig,
                  seed: int, step: int, shards: Sequence[str], run_name: str = "finetune",
                  full_length: bool = True) -> Path:
-    """Write a random ``MaDiSModel`` export (the layout ``MDLMTask.export`` plus the loop's
-    ``metadata.json`` give) to ``directory``.
+    """Write a random model export of ``model_cfg.architecture`` (``MaDiSModel``, or
+    ``ARBaseline`` for ``ar``; the layout ``MDLMTask.export`` plus the loop's ``metadata.json``
+    give) to ``directory``.
 
     Args:
         full_length: make ``[EOS]`` and ``[PAD]`` unreachable for the body head, so every
             generation fills all ``num_positions`` (a random model would otherwise stop at a
             random position, often the first).
     """
-    from madis.mdlm.model import MaDiSModel
+    from madis.mdlm.base import model_class
     from madis.mdlm.task import TOKENIZER_DIR
 
     torch.manual_seed(seed)
-    model = MaDiSModel(model_cfg, tokenizer)
+    model = model_class(model_cfg.architecture)(model_cfg, tokenizer)
     if full_length:
         with torch.no_grad():
             model.heads.heads[0].bias[model.codebook_sizes[0]:] = -1e4
