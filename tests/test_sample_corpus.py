@@ -114,6 +114,27 @@ def test_letter_and_word_samples_hold_the_processed_clips(sample_root):
     np.testing.assert_allclose(emma["motion"], m.astype(np.float16).astype(np.float32), atol=0)
 
 
+def test_novel_words_are_composed_as_the_sample_words(sample_root):
+    from madis.data.sample import NOVEL_WORDS, novel_word_samples
+
+    samples = novel_word_samples()
+    assert [s.text for s in samples] == [w for ws in NOVEL_WORDS.values() for w in ws]
+    assert samples[0].key == "ase-novel-00" and samples[0].meta["units"] == list("HELLO")
+    sample_words = {(lang, w) for lang, splits in WORDS.items() for ws in splits.values()
+                    for w in ws}
+    assert not {(s.lang, s.text) for s in samples} & sample_words
+    # a test word composed this way is the shard's own sample (to its float16 storage)
+    test = {s["key"]: s for s in iter_samples(str(sample_root), "test", shuffle=False)}
+    word = test["gsg-word-test-00"]
+    again = novel_word_samples({"gsg": [word["meta"]["text"]]})[0]
+    assert again.meta["units"] == word["meta"]["units"]
+    np.testing.assert_allclose(word["motion"], again.motion.astype(np.float16).astype(np.float32),
+                               atol=0)
+    np.testing.assert_array_equal(word["valid"], again.valid)
+    with pytest.raises(ValueError, match="no sign language"):
+        novel_word_samples({"xxx": ["A"]})
+
+
 def test_two_builds_are_byte_identical(sample_root, tmp_path):
     build_sample_corpus(tmp_path)
     digest = lambda root: {p.name: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731

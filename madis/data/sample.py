@@ -37,7 +37,7 @@ import random
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -229,6 +229,13 @@ def compose(clips: Sequence[KeypointClip], blend: int = BLEND_FRAMES) -> tuple[n
     return motion, valid
 
 
+def compose_word(clips: Sequence[KeypointClip]) -> tuple[np.ndarray, np.ndarray]:
+    """A word's motion from its units' clips, as every composed sample is built: the clips
+    cross-faded (:func:`compose`), then the length rules. Returns ``(motion [T, D], valid
+    [T, 3])``."""
+    return apply_length_rules(*compose(clips))
+
+
 def check_word_lists(entries: Sequence[LexiconEntry], words=WORDS) -> dict[str, dict[str, list[list[str]]]]:
     """Split every word into units; check the lists are disjoint and cover every language.
 
@@ -342,7 +349,7 @@ def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) 
     for lang in sorted(plan):
         for split in ("train", "val", "test"):
             for j, (word, units) in enumerate(zip(WORDS[lang][split], plan[lang][split])):
-                m, v = apply_length_rules(*compose([clips[by_unit[(lang, u)]] for u in units]))
+                m, v = compose_word([clips[by_unit[(lang, u)]] for u in units])
                 splits[split].append(Sample(
                     key=f"{lang}-word-{split}-{j:02d}", text=word, lang=lang, fps=FPS,
                     source=f"{PACKAGE}:{'/'.join(LEXICON_SUBDIR)} (composed)", motion=m, valid=v,
@@ -472,7 +479,7 @@ def build_pretrain_corpus(out_dir: str | Path, per_language: int = PRETRAIN_WORD
     samples = []
     for lang, words in plan.items():
         for j, (text, units) in enumerate(words):
-            m, v = apply_length_rules(*compose([clips[by_unit[(lang, u)]] for u in units]))
+            m, v = compose_word([clips[by_unit[(lang, u)]] for u in units])
             samples.append(Sample(
                 key=f"{lang}-pseudo-{j:04d}", text=text, lang=lang, fps=FPS,
                 source=f"{PACKAGE}:{'/'.join(LEXICON_SUBDIR)} (composed pseudo-word)", motion=m,
@@ -492,3 +499,37 @@ def build_pretrain_corpus(out_dir: str | Path, per_language: int = PRETRAIN_WORD
     return write_shards(out_dir, {"train": samples}, motion_format="keypoints", fps=FPS,
                         provenance=provenance, licence=_licence(), max_bytes=max_bytes,
                         extra={"build": pretrain_fingerprint(per_language, units_range, seed)})
+
+
+def novel_word_samples(words: Mapping[str, Sequence[str]] | None = None) -> list[Sample]:
+    """References for words in no split (default :data:`NOVEL_WORDS`), composed from the
+    lexicon's letter clips exactly as the sample's words are (longest-match units,
+    :func:`compose_word`), to score generations of words no model was trained on.
+
+    Returns:
+        one ``Sample`` per word, keyed ``{lang}-novel-{j:02d}``, in the order of ``words``.
+    Raises:
+        FileNotFoundError: spoken-to-signed is not installed.
+        ValueError: a word of a language the lexicon lacks, or one no unit sequence spells.
+    """
+    words = NOVEL_WORDS if words is None else words
+    entries = read_lexicon()
+    units: dict[str, list[str]] = {}
+    for e in entries:
+        units.setdefault(e.lang, []).append(e.text)
+    unknown = sorted(set(words) - set(units))
+    if unknown:
+        raise ValueError(f"the lexicon has no sign language {unknown}")
+    wanted = [e for e in entries if e.lang in words]
+    clips = lexicon_clips(entries)  # the corpus mean hands need every clip, as in the builder
+    by_unit = {(e.lang, e.text): e for e in wanted}
+    out = []
+    for lang, ws in words.items():
+        for j, word in enumerate(ws):
+            parts = split_units(word, units[lang])
+            m, v = compose_word([clips[by_unit[(lang, u)]] for u in parts])
+            out.append(Sample(key=f"{lang}-novel-{j:02d}", text=word, lang=lang, fps=FPS,
+                              source=f"{PACKAGE}:{'/'.join(LEXICON_SUBDIR)} (composed)", motion=m,
+                              valid=v, composed=True,
+                              meta={"units": parts, "blend_frames": BLEND_FRAMES, "novel": True}))
+    return out
