@@ -10,10 +10,18 @@ interleaved (for each concurrency, every batch size in turn, ``--repeats`` round
 round reported) so that load from other processes on the machine hits all of them alike; the
 load average before and after is printed. The client is :func:`madis.serve.load.run_load`
 (aiohttp, in this process). Speed-ups are ratios against max_batch_size 1 at the same
-concurrency. Run::
+concurrency.
 
-    scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py            # about 3 min
+Streaming (issue 15): the same rounds against ``POST /generate/stream`` of the
+``--stream-batch`` application at each ``--stream-concurrency``: the time to the first motion
+(the first ``event: stage``, UTC's quarter-resolution stage) against the time to the final answer
+(``event: done``), medians over the round's requests, and, for the same round, ``/generate``'s
+latency at that concurrency. Target: first motion at <= 0.4x the final answer. Run::
+
+    scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py            # about 4 min
     scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py --batch-sizes 1 8 --repeats 1
+    scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py --batch-sizes 8 --concurrency 8 \
+        --stream-concurrency 1 8                                               # streaming only
 """
 
 from __future__ import annotations
@@ -55,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds per level")
     p.add_argument("--batch-wait-s", type=float, default=None, help="default: the profile's")
     p.add_argument("--threads", type=int, default=1, help="torch threads per replica")
+    p.add_argument("--stream-concurrency", type=int, nargs="*", default=[1, 8],
+                   help="concurrency levels of the streaming rounds (none: skip them)")
+    p.add_argument("--stream-batch", type=int, default=None,
+                   help="the application streamed from (default: the largest batch size)")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -104,6 +116,7 @@ def main(argv=None) -> list[dict]:
                     raise RuntimeError(f"batch {b} concurrency {c}: {rep.summary()}")
                 sizes = [t["batch_size"] for t in rep.timings]
                 rounds.setdefault((c, b), []).append((rep, statistics.mean(sizes)))
+    streams = stream_rounds(args, urls, payloads)
     load_after = os.getloadavg()
     serve.shutdown()
     ray.shutdown()
@@ -131,11 +144,45 @@ def main(argv=None) -> list[dict]:
         print(f"| {r['concurrency']} | {r['max_batch_size']} | {r['mean_batch']:.1f} | "
               f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['requests_per_s']:.2f} | "
               f"{r['speedup']:.2f}x |")
+    if streams:
+        b = args.stream_batch or max(args.batch_sizes)
+        print(f"\nStreaming: POST /generate/stream of the max_batch_size {b} application, "
+              f"medians over each round's requests (median round)\n")
+        print("| concurrency | first motion ms | final answer ms | first / final | "
+              "POST /generate ms (same round) |")
+        print("|---:|---:|---:|---:|---:|")
+        for r in streams:
+            print(f"| {r['concurrency']} | {r['first_ms']:.0f} | {r['final_ms']:.0f} | "
+                  f"{r['ratio']:.2f}x | {r['plain_ms']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "load_before": load_before, "load_after": load_after}, f,
-                      indent=1)
+            json.dump({"rows": rows, "streams": streams, "load_before": load_before,
+                       "load_after": load_after}, f, indent=1)
     return rows
+
+
+def stream_rounds(args, urls: dict, payloads: list) -> list[dict]:
+    """Time to first motion vs the final answer on ``/generate/stream`` (each round also
+    times ``/generate`` alone at the same concurrency, interleaved)."""
+    if not args.stream_concurrency:
+        return []
+    url = urls[args.stream_batch or max(args.batch_sizes)]
+    out = []
+    for c in args.stream_concurrency:
+        total = max(16, args.requests * c)
+        rounds = []
+        for _ in range(args.repeats):
+            rep = run_load(url + "/stream", payloads, total=total, concurrency=c, stream=True)
+            plain = run_load(url, payloads, total=total, concurrency=c)
+            if rep.failed or plain.failed:
+                raise RuntimeError(f"stream concurrency {c}: {rep.summary()} {plain.summary()}")
+            first = 1e3 * statistics.median(rep.first_event_s)
+            final = rep.percentile_ms(50)
+            rounds.append({"concurrency": c, "first_ms": first, "final_ms": final,
+                           "ratio": first / final, "plain_ms": plain.percentile_ms(50)})
+        rounds.sort(key=lambda r: r["ratio"])
+        out.append(rounds[len(rounds) // 2])
+    return out
 
 
 if __name__ == "__main__":

@@ -326,16 +326,21 @@ def build_app(cfg: ServeConfig, run_url: str | None = None, checkpoint: str | No
     """
     if not run_url and not checkpoint:
         raise ValueError("give a run directory (holding best.json) or a checkpoint to serve")
-    return TextToSign.options(
-        max_ongoing_requests=cfg.max_ongoing_requests,
-        autoscaling_config={
+    if cfg.min_replicas == cfg.max_replicas:
+        # a fixed count: no autoscaling metrics for the controller to gather and weigh
+        # (docs/operations.md#serving: its CPU share on a 2-core machine)
+        scaling: dict[str, Any] = {"num_replicas": cfg.max_replicas}
+    else:
+        scaling = {"autoscaling_config": {
             "min_replicas": cfg.min_replicas,
             "initial_replicas": max(cfg.min_replicas, 1),
             "max_replicas": cfg.max_replicas,
             "target_ongoing_requests": cfg.target_ongoing_requests,
             "upscale_delay_s": cfg.upscale_delay_s,
             "downscale_delay_s": cfg.downscale_delay_s,
-        },
+        }}
+    return TextToSign.options(
+        max_ongoing_requests=cfg.max_ongoing_requests, **scaling,
         ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
     ).bind(to_dict(cfg), run_url, checkpoint)
 
