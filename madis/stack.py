@@ -402,6 +402,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         name, demo = own_corpus(args.shards)
         data_url, tokens_url = f"{BUCKET}/{name}", f"{BUCKET}/{name}-tokens"
         paths.storage_dir = args.storage or paths.repo / "storage" / name
+    st = paths.storage
+    # the profile names the runs: an ablation profile trains, ranks and serves its own
+    from madis import runs
+    from madis.config import load_tree
+
+    tree = load_tree(args.config)
+    run = {job: runs.job_run(tree, job, storage=str(st))
+           for job in ("siclip", "pretrain", "finetune")}
     t0 = time.monotonic()
     ensure_ray_token(paths.token)
     env = _env(paths, _s3_env())
@@ -430,7 +438,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     step("Ray cluster on 127.0.0.1")
     step.done(start_ray(env, args.num_cpus, paths.ray_temp))
 
-    st = paths.storage
     step("tokenizer job (ray job submit ray_jobs/train_tokenizer.py)")
     run_job("tokenizer", "ray_jobs/train_tokenizer.py",
             ["--shards", data_url, "--tokens", tokens_url, *_overrides(args, "tokenizer", st)],
@@ -440,12 +447,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     step("SiCLIP job (ray job submit ray_jobs/train_siclip.py)")
     run_job("siclip", "ray_jobs/train_siclip.py",
             ["--shards", data_url, *_overrides(args, "siclip", st)], paths, env)
-    step.done(f"run {st / 'siclip'}")
+    step.done(f"run {run['siclip']}")
 
     step("pretraining job (ray job submit ray_jobs/pretrain.py)")
     run_job("pretrain", "ray_jobs/pretrain.py",
             ["--shards", tokens_url, *_overrides(args, "pretrain", st)], paths, env)
-    step.done(f"run {st / 'pretrain'}")
+    step.done(f"run {run['pretrain']}")
 
     step("fine-tuning job with the eval fleet beside it")
     fleet = Job("fleet", "ray_jobs/eval_fleet.py",
@@ -461,15 +468,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SystemExit(f"the eval fleet failed; its whole log: {fleet.log_path}")
     from madis.fleet.registry import read_best
 
-    best = read_best(str(st / "finetune")) or {}
+    best = read_best(run['finetune']) or {}
     b = best.get("best") or {}
     value = b.get("value")
     shown = f"{value:.2f}" if isinstance(value, (int, float)) else "none"
     step.done(f"best checkpoint by {best.get('metric')}: step {b.get('step')} ({shown}); "
-              f"TensorBoard logs in {st / 'finetune' / 'tensorboard'}")
+              f"TensorBoard logs in {run['finetune']}/tensorboard")
 
     step("Ray Serve on the best checkpoint, and one request")
-    run_job("serve", "ray_jobs/serve.py", ["--run", str(st / "finetune"),
+    run_job("serve", "ray_jobs/serve.py", ["--run", run["finetune"],
                                             f"--config={args.config}"], paths, env)
     if not wait_http(f"{SERVE_URL}/healthz", 300):
         raise SystemExit(f"the service did not become healthy; see {paths.logs}/serve.log")
@@ -484,8 +491,8 @@ MaDiS is up ({time.monotonic() - t0:.0f} s).
   service        {SERVE_URL}/  (demo page; POST /generate)   e.g.
                  {ns}curl -s -X POST {SERVE_URL}/generate -d '{{"text": "HELLO", "lang": "ase"}}'
   rendered       {paths.demo}/
-  TensorBoard    {venv}/tensorboard --logdir {st / 'finetune' / 'tensorboard'} --host 127.0.0.1
-  best checkpoint {venv}/madis best {st / 'finetune'} --history
+  TensorBoard    {venv}/tensorboard --logdir {run['finetune']}/tensorboard --host 127.0.0.1
+  best checkpoint {venv}/madis best {run['finetune']} --history
   Ray dashboard  {DASHBOARD}   jobs:
                  {ns}{auth} {venv}/ray job list --address {DASHBOARD}
   logs           {paths.logs}/

@@ -22,10 +22,10 @@ import dataclasses
 import json
 import logging
 
+from madis import runs
 from madis.config import load_tree, section
 from madis.fleet import FleetConfig
 from madis.fleet.fleet import EvalFleet
-from madis.train import latest_checkpoint, run_url, train_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,15 +63,11 @@ def resolve_siclip(tree, cfg: FleetConfig, storage: str | None) -> str | None:
         return None
     if cfg.siclip.lower() != "auto":
         return cfg.siclip
-    siclip_train = train_config(tree, "siclip")
-    if storage:
-        siclip_train = dataclasses.replace(siclip_train, storage_path=storage)
-    last = latest_checkpoint(run_url(siclip_train))
-    if last is None:
-        logging.getLogger(__name__).warning(
-            "fleet.siclip=auto: no complete SiCLIP checkpoint in %s", run_url(siclip_train))
+    try:
+        return runs.newest_export(runs.job_run(tree, "siclip", storage=storage))
+    except FileNotFoundError as exn:
+        logging.getLogger(__name__).warning("fleet.siclip=auto: %s (SiCLIP)", exn)
         return None
-    return last.export_url
 
 
 def main(argv=None) -> dict:
@@ -80,14 +76,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     tree = load_tree(args.config, args.overrides)
     cfg = fleet_config(tree, args)
-    watched = train_config(tree, cfg.job)
-    if args.storage:
-        watched = dataclasses.replace(watched, storage_path=args.storage)
-    url = args.run_url or run_url(watched)
-    if "://" not in url and args.run_url:
-        from pathlib import Path
-
-        url = str(Path(url).resolve())
+    url = (runs.absolute(args.run_url, "--run-url") if args.run_url
+           else runs.job_run(tree, cfg.job, storage=args.storage))
     if not (cfg.stop_when_run_ends or cfg.until_step or cfg.idle_timeout_s):
         logging.getLogger(__name__).info("no stop condition: the fleet runs until stopped")
     summary = EvalFleet(cfg, url, siclip_url=resolve_siclip(tree, cfg, args.storage)).run()

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 
+from madis import runs
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
 from madis.mdlm.task import MDLMTask, model_config, export_dir
-from madis.train import fit, latest_checkpoint, read_metadata, run_url
+from madis.train import fit, latest_checkpoint, read_metadata
 from madis.train.checkpoints import write_report
 from madis.train.jobargs import job_parser, job_train_config
 
@@ -49,12 +50,11 @@ def resolve_init(tree, args, finetune_run: str) -> str | None:
     mine = latest_checkpoint(finetune_run)
     if mine is not None:  # a resumed run keeps the checkpoint it started from
         return read_metadata(mine.export_url)["task"]["init_from"]
-    pre = run_url(job_train_config(tree, "pretrain", argparse.Namespace(storage=args.storage)))
-    last = latest_checkpoint(pre)
-    if last is None:
-        raise FileNotFoundError(f"no complete pretraining checkpoint in {pre}: run "
-                                f"ray_jobs/pretrain.py first, or pass --init URL (or --init none)")
-    return last.export_url
+    try:
+        return runs.newest_export(runs.job_run(tree, "pretrain", storage=args.storage))
+    except FileNotFoundError as exn:
+        raise FileNotFoundError(f"{exn} (pretraining): run ray_jobs/pretrain.py first, or pass "
+                                f"--init URL (or --init none)") from None
 
 
 def main(argv=None) -> dict:
@@ -62,9 +62,8 @@ def main(argv=None) -> dict:
     tree = load_tree(args.config, args.overrides)
     train_cfg = job_train_config(tree, "finetune", args)
     if args.shards is None:
-        tok = job_train_config(tree, "tokenizer", argparse.Namespace(storage=args.storage))
-        args.shards = f"{run_url(tok)}/tokens"
-    init = resolve_init(tree, args, run_url(train_cfg))
+        args.shards = runs.tokens_url(tree, storage=args.storage)
+    init = resolve_init(tree, args, runs.run_url(train_cfg))
     task = MDLMTask.from_shards(
         "finetune", model_config(tree, "finetune"), [args.shards], init_from=init,
         shuffle_buffer=section(tree, "data", DataConfig).shuffle_buffer,

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 
+from madis import runs
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
 from madis.mdlm.task import MDLMTask, model_config
-from madis.train import fit, run_url
+from madis.train import fit
 from madis.train.checkpoints import write_report
 from madis.train.jobargs import job_parser, job_train_config
 
@@ -35,17 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def default_tokens(tree, args) -> str:
-    """Where ``ray_jobs/train_tokenizer.py`` writes token shards by default."""
-    tok = job_train_config(tree, "tokenizer", argparse.Namespace(storage=args.storage))
-    return f"{run_url(tok)}/tokens"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     tree = load_tree(args.config, args.overrides)
     train_cfg = job_train_config(tree, "pretrain", args)
-    shards = args.shards or [default_tokens(tree, args)]
+    shards = args.shards or [runs.tokens_url(tree, storage=args.storage)]
     task = MDLMTask.from_shards(
         "pretrain", model_config(tree, "pretrain"), shards,
         shuffle_buffer=section(tree, "data", DataConfig).shuffle_buffer,

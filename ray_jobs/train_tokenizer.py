@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from madis import runs
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
 from madis.tokenizer import TokenizerConfig
@@ -47,7 +48,7 @@ def main(argv=None) -> dict:
     tokenizer = TokenizerTask.load(result.checkpoint.export_url)
     report = {"checkpoint": result.checkpoint.url, "step": result.checkpoint.step,
               "val": evaluate_tokenizer(tokenizer, shards, "val")}
-    tokens_url = args.tokens or f"{result.run_url}/tokens"
+    tokens_url = args.tokens or f"{result.run_url}/{runs.TOKENS_DIR}"
     print(f"[madis] writing token shards of every split to {tokens_url}", flush=True)
     manifest = write_token_shards(tokenizer, shards, tokens_url, extra={"tokenizer_export": {
         "url": result.checkpoint.export_url, "step": result.checkpoint.step}})

@@ -124,3 +124,29 @@ def test_madis_up_runs_the_chain_then_down_stops_it(tmp_path):
     assert not [c for c in left if env["MADIS_RAY_TEMP"] in c or "ray.util.client.server" in c]
     with pytest.raises(OSError):
         urllib.request.urlopen("http://127.0.0.1:8000/healthz", timeout=5)
+
+
+@pytest.mark.slow
+def test_madis_up_with_an_ablation_profile_ranks_and_serves_its_own_run(tmp_path):
+    """``--config configs/ablations/t5-simple-avg.yaml`` fine-tunes into
+    ``t5-simple-avg-finetune``; the fleet ranks that run and Serve serves its best checkpoint."""
+    require_loopback()
+    env = {**os.environ, "MADIS_HOME": str(tmp_path / "home"),
+           "MADIS_RAY_TEMP": tempfile.mkdtemp(prefix="mr-", dir="/tmp")}
+    storage = tmp_path / "storage"
+    try:
+        out = subprocess.run([MADIS, "up", "--quick", "4", "--config",
+                              "configs/ablations/t5-simple-avg.yaml", "--storage", str(storage)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        run = storage / "t5-simple-avg-finetune"
+        assert (run / "report.json").exists() and not (storage / "finetune").exists()
+        best = json.loads((run / "best.json").read_text())["best"]
+        with urllib.request.urlopen("http://127.0.0.1:8000/info", timeout=30) as r:
+            served = json.loads(r.read())["checkpoint"]
+        assert served["export_url"] == best["export_url"] and served["step"] == best["step"]
+        assert served["export_url"].startswith(f"{run}/checkpoint_")
+    finally:
+        down = subprocess.run([MADIS, "down"], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert down.returncode == 0, down.stderr

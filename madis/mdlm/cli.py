@@ -58,19 +58,16 @@ def default_checkpoint(args: argparse.Namespace) -> str:
     Raises:
         FileNotFoundError: the run holds no complete checkpoint.
     """
+    from madis import runs
     from madis.config import load_tree
-    from madis.train.checkpoints import latest_checkpoint
-    from madis.train.jobargs import job_train_config
-    from madis.train.loop import run_url
 
-    cfg = job_train_config(load_tree(args.config), "finetune", argparse.Namespace(
-        storage=args.storage, run_name=args.run_name))
-    url = run_url(cfg)
-    last = latest_checkpoint(url)
-    if last is None:
-        raise FileNotFoundError(f"no complete checkpoint in {url}: run ray_jobs/finetune.py "
-                                f"first or pass --checkpoint")
-    return last.export_url
+    run = runs.job_run(load_tree(args.config), "finetune", storage=args.storage,
+                       run_name=args.run_name)
+    try:
+        return runs.newest_export(run)
+    except FileNotFoundError as exn:
+        raise FileNotFoundError(f"{exn}: run ray_jobs/finetune.py first or pass --checkpoint") \
+            from None
 
 
 def file_stem(i: int, lang: str, text: str) -> str:

@@ -78,8 +78,9 @@ def choose_model(run_url: str | None, checkpoint: str | None = None) -> ModelCho
             argument given.
         OSError: the storage cannot be read.
     """
+    from madis import runs
     from madis.mdlm.task import export_dir
-    from madis.train.checkpoints import latest_checkpoint, read_metadata
+    from madis.train.checkpoints import read_metadata
 
     if checkpoint:
         export = export_dir(checkpoint)
@@ -95,10 +96,11 @@ def choose_model(run_url: str | None, checkpoint: str | None = None) -> ModelCho
     best = read_best(run_url)
     if best is not None and best.get("best") is not None:  # null until one evaluation succeeds
         return _from_best(run_url, best)
-    last = latest_checkpoint(run_url)
-    if last is None:
+    try:
+        last = runs.newest_checkpoint(run_url)
+    except FileNotFoundError:
         raise FileNotFoundError(f"{run_url}: no {BEST_FILE} and no complete checkpoint to serve "
-                                f"(train with ray_jobs/finetune.py, or pass a checkpoint)")
+                                f"(train with ray_jobs/finetune.py, or pass a checkpoint)") from None
     return ModelChoice(export_url=last.export_url, step=last.step, source="latest",
                        metrics=dict(last.metrics))
 
@@ -131,27 +133,6 @@ def training_languages(export_url: str) -> list[str]:
     return sorted(langs)
 
 
-def _absolute(url: str) -> str:
-    """``url`` with a local path made absolute.
-
-    Raises:
-        ConfigError: a relative path inside Ray's temporary copy of a job's working directory
-            (runs and checkpoints are not in that copy).
-    """
-    import os
-    from pathlib import Path
-
-    from madis.config import ConfigError
-    from madis.train.jobargs import RAY_WORKING_DIR
-
-    if "://" in url or os.path.isabs(url):
-        return url
-    if RAY_WORKING_DIR in os.getcwd().replace(os.sep, "/"):
-        raise ConfigError(f"{url!r} is relative and this job runs in Ray's temporary copy of the "
-                          f"working directory ({os.getcwd()}): give an absolute path or s3:// URL")
-    return str(Path(url).resolve())
-
-
 def serve_target(tree, run: str | None = None, checkpoint: str | None = None
                  ) -> tuple[str | None, str | None]:
     """``(run_url, checkpoint)`` to serve, from the arguments, else section ``serve`` of a
@@ -161,16 +142,13 @@ def serve_target(tree, run: str | None = None, checkpoint: str | None = None
     Raises:
         ConfigError: a relative path while running as a ``ray job submit --working-dir`` job.
     """
-    import argparse
-
+    from madis import runs
     from madis.config import section
     from madis.serve.config import ServeConfig
-    from madis.train.jobargs import job_train_config
-    from madis.train.loop import run_url as train_run_url
 
     cfg = section(tree, "serve", ServeConfig)
     checkpoint = checkpoint or cfg.checkpoint or None
     if checkpoint:
-        return None, _absolute(checkpoint)
-    run = run or cfg.run or train_run_url(job_train_config(tree, "finetune", argparse.Namespace()))
-    return _absolute(run), None
+        return None, runs.absolute(checkpoint, "checkpoint")
+    run = run or cfg.run or runs.job_run(tree, "finetune")
+    return runs.absolute(run, "run"), None

@@ -9,15 +9,10 @@ many workers, which ZeRO stage, GPUs or not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import os
 from typing import Any, Mapping
 
-from madis.config import ConfigError
-from madis.train.config import TrainConfig, train_config
-
-#: part of the path of the directory ``ray job submit --working-dir`` unpacks a job into
-RAY_WORKING_DIR = "/runtime_resources/working_dir_files/"
+from madis import runs
+from madis.train.config import TrainConfig
 
 
 def job_parser(doc: str, sections: str) -> argparse.ArgumentParser:
@@ -55,26 +50,16 @@ def add_job_arguments(p: argparse.ArgumentParser) -> None:
 
 def job_train_config(tree: Mapping[str, Any], job: str, args: argparse.Namespace) -> TrainConfig:
     """``train`` + ``train_<job>`` of ``tree``, then the command-line options of
-    :func:`add_job_arguments` on top.
+    :func:`add_job_arguments` on top (:func:`madis.runs.job_train_config`).
 
     Raises:
-        ConfigError: a bad value in either section or option.
+        ConfigError: a bad value in either section or option, or a relative storage path inside
+            a Ray job (its runs would be lost with the job's copy of the working directory).
     """
-    cfg = train_config(tree, job)
     changes = {name: getattr(args, opt) for opt, name in (
-        ("storage", "storage_path"), ("run_name", "run_name"), ("workers", "workers"),
-        ("zero_stage", "zero_stage"), ("steps", "steps"))
+        ("workers", "workers"), ("zero_stage", "zero_stage"), ("steps", "steps"))
         if getattr(args, opt, None) is not None}
     if getattr(args, "gpus_per_worker", None) is not None:
         changes["use_gpu"] = args.gpus_per_worker == 1
-    try:
-        cfg = dataclasses.replace(cfg, **changes)
-    except (TypeError, ValueError) as exn:
-        raise ConfigError(str(exn)) from exn
-    if "://" not in cfg.storage_path and not os.path.isabs(cfg.storage_path) \
-            and RAY_WORKING_DIR in os.getcwd().replace(os.sep, "/"):
-        raise ConfigError(
-            f"train.storage_path {cfg.storage_path!r} is relative and this job runs in Ray's "
-            f"temporary copy of the working directory ({os.getcwd()}): its runs would be lost. "
-            f"Pass --storage with an absolute path or an s3:// URL")
-    return cfg
+    return runs.job_train_config(tree, job, storage=getattr(args, "storage", None),
+                                 run_name=getattr(args, "run_name", None), **changes)

@@ -35,6 +35,7 @@ import fsspec
 import torch
 
 from madis.config import ConfigError, to_dict
+from madis.runs import absolute, run_url
 from madis.train.checkpoints import (
     COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, METADATA, STOPPED, TRAIN_STATE, CheckpointInfo,
     checkpoint_dir_name, latest_checkpoint, prune_checkpoints,
@@ -451,14 +452,6 @@ def _evaluate(engine, task: Task, rank: int, world: int, device) -> dict[str, fl
 
 # -- driver side -------------------------------------------------------------------------------
 
-def run_url(cfg: TrainConfig) -> str:
-    """``{storage_path}/{run_name}`` with a local storage path made absolute."""
-    base = cfg.storage_path
-    if "://" not in base:
-        base = str(Path(base).resolve())
-    return f"{base.rstrip('/')}/{cfg.run_name}"
-
-
 def storage_for_ray(storage_path: str):
     """``(storage_path, storage_filesystem)`` for ``RunConfig``.
 
@@ -471,7 +464,7 @@ def storage_for_ray(storage_path: str):
     if not storage_path.startswith("s3://"):
         if "://" in storage_path:
             return storage_path, None
-        return str(Path(storage_path).resolve()), None
+        return absolute(storage_path, "train.storage_path"), None
     import pyarrow.fs
     import s3fs
 
