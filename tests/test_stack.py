@@ -127,6 +127,7 @@ def test_madis_up_runs_the_chain_then_down_stops_it(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the whole chain; a shared machine may take half an hour
 def test_madis_up_with_an_ablation_profile_ranks_and_serves_its_own_run(tmp_path):
     """``--config configs/ablations/t5-simple-avg.yaml`` fine-tunes into
     ``t5-simple-avg-finetune``; the fleet ranks that run and Serve serves its best checkpoint."""
