@@ -212,3 +212,41 @@ def test_keypoints_real_lexicon_clip():
     assert abs(np.linalg.norm((ls - rs)[:, :2], axis=-1).mean() - 1.0) < 1e-5
     np.testing.assert_allclose((0.5 * (ls + rs)).mean(0), 0, atol=1e-5)
     assert not clip.valid[:, 1].any() and clip.valid[:, 2].all()  # one-handed: right hand only
+
+
+def test_keypoints_hand_far_from_its_wrist_is_not_a_detection():
+    """A tracking failure (the lexicon's gss Ο and Φ put right-hand points ~27 shoulder widths
+    from the wrist) is filled like a missed detection, not kept (MAX_HAND_SPAN)."""
+    from madis.motion.keypoints import MAX_HAND_SPAN, implausible_hands, normalize_points
+
+    xyz, conf = _synthetic_pose(T=6)
+    xyz[2, 540] += [20 * 200, 0, 0]  # one right-hand point thrown 20 shoulder widths away
+    raw = read_pose_points(holistic_pose_bytes(xyz, conf, 25.0))
+    bad = implausible_hands(normalize_points(raw), raw.present)
+    np.testing.assert_array_equal(bad, [[False, False]] * 2 + [[False, True]] + [[False, False]] * 3)
+    clip = clip_from_pose(holistic_pose_bytes(xyz, conf, 25.0))
+    np.testing.assert_array_equal(clip.valid[:, 2], [True, True, False, True, True, True])
+    pts = clip.motion.reshape(6, 55, 3)[:, 34:55]
+    span = np.linalg.norm(pts[:, 1:, :2] - pts[:, :1, :2], axis=-1).max(-1)
+    assert span.max() < MAX_HAND_SPAN  # frame 2 interpolated from frames 1 and 3
+    ok = read_pose_points(holistic_pose_bytes(*_synthetic_pose(T=6), 25.0))
+    assert not implausible_hands(normalize_points(ok), ok.present).any()
+
+
+@pytest.mark.parametrize("name", ["keypoints", "smplx133"])
+def test_hands_to_wrist_round_trips(name):
+    import torch
+
+    fmt = get_format(name)
+    x = np.random.default_rng(0).normal(size=(5, fmt.dim)).astype(np.float32)
+    f = fmt.hands_to_wrist(x)
+    np.testing.assert_allclose(fmt.hands_from_wrist(f), x, atol=1e-6)
+    np.testing.assert_allclose(fmt.hands_from_wrist(fmt.hands_to_wrist(torch.from_numpy(x))).numpy(),
+                               x, atol=1e-6)
+    if name == "smplx133":
+        np.testing.assert_array_equal(f, x)  # rotations are relative already
+        return
+    pts, rel = x.reshape(5, 55, 3), f.reshape(5, 55, 3)
+    np.testing.assert_array_equal(rel[:, :14], pts[:, :14])  # body and the left wrist unchanged
+    np.testing.assert_allclose(rel[:, 14:34], pts[:, 14:34] - pts[:, 13:14], atol=1e-6)
+    np.testing.assert_allclose(rel[:, 35:55], pts[:, 35:55] - pts[:, 34:35], atol=1e-6)

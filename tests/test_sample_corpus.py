@@ -87,11 +87,28 @@ def test_splits_are_disjoint_and_letters_are_train(sample_root):
     for split in ("train", "val", "test"):
         texts[split] = [(s["meta"]["lang"], unit_key(s["meta"]["text"]), s["meta"]["composed"])
                         for s in iter_samples(str(sample_root), split, shuffle=False)]
-    letters = [t for t in texts["train"] if not t[2]]
-    assert len(letters) == 600 and len(set(letters)) == 600
     assert all(t[2] for t in texts["val"] + texts["test"])
     tr, va, te = ({(lang, w) for lang, w, _ in texts[s]} for s in ("train", "val", "test"))
     assert not (tr & va) and not (tr & te) and not (va & te)
+
+
+def test_every_letter_leads_one_row_at_word_tempo(sample_root):
+    """No train row is slowed: each holds whole letter clips at their own tempo, at least
+    MIN_FRAMES long before the length rules, so those only crop (issue 13)."""
+    from madis.motion.base import MIN_FRAMES
+
+    letters = {(e.lang, e.text) for e in read_lexicon()}
+    rows = [s for s in iter_samples(str(sample_root), "train", shuffle=False)
+            if s["meta"].get("letter_row")]
+    assert len(rows) == 600
+    assert {(s["meta"]["lang"], s["meta"]["units"][0]) for s in rows} == letters
+    for s in rows:
+        units = s["meta"]["units"]
+        assert unit_key(s["meta"]["text"]) == unit_key("".join(units))
+        assert len(s["motion"]) >= MIN_FRAMES and len(s["motion"]) % 4 == 0
+        if len(units) > 1:  # the shortest row that reaches the minimum: without its last unit it
+            assert s["meta"]["composed"]  # would have been too short (or spelled a held-out word)
+    assert sum(len(s["meta"]["units"]) == 2 for s in rows) > 450  # mostly letter pairs
 
 
 def test_letter_and_word_samples_hold_the_processed_clips(sample_root):
@@ -101,10 +118,11 @@ def test_letter_and_word_samples_hold_the_processed_clips(sample_root):
     by = {(e.lang, e.text): e for e in entries}
     got = {s["key"]: s for s in iter_samples(str(sample_root), "train", shuffle=False)}
     got.update({s["key"]: s for s in iter_samples(str(sample_root), "val", shuffle=False)})
-    ref = clip_from_pose(by[("ase", "A")].path, mean_hands)
-    m, v = apply_length_rules(ref.motion, ref.valid)
     s = got["ase-letter-000"]
-    assert s["meta"]["text"] == "A" and s["meta"]["source"].endswith(".pose")
+    assert s["meta"]["text"] == "AB" and s["meta"]["units"] == ["A", "B"]
+    assert s["meta"]["source"].endswith(".pose (+1 following letters)")
+    m, v = apply_length_rules(*compose([clip_from_pose(by[("ase", u)].path, mean_hands)
+                                        for u in "AB"]))
     np.testing.assert_allclose(s["motion"], m.astype(np.float16).astype(np.float32), atol=0)
     np.testing.assert_array_equal(s["valid"], v)
     emma = got["ase-word-val-01"]
@@ -164,7 +182,7 @@ def test_cli_inspect_build_and_upload(sample_root, capsys, s3_bucket):
     assert "up to date" in capsys.readouterr().out
     assert main(["data", "inspect", str(sample_root)]) == 0
     out = capsys.readouterr().out
-    assert "[train] 752 samples (152 composed)" in out and "[val] 76 samples" in out
+    assert "[train] 752 samples (750 composed)" in out and "[val] 76 samples" in out
     assert main(["data", "upload", str(sample_root), f"{s3_bucket}/sample"]) == 0
     capsys.readouterr()
     assert main(["data", "inspect", f"{s3_bucket}/sample"]) == 0

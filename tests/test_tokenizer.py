@@ -190,3 +190,24 @@ def test_part_never_detected_in_a_batch_changes_nothing():
     out = cb(z * 100, none)
     assert all(torch.equal(state[k], v) for k, v in cb.state_dict().items())
     assert out.commit_loss.item() == 0.0 and out.used.item() == 0.0
+
+
+def test_wrist_hand_frame_normalises_hand_shapes_and_round_trips():
+    from dataclasses import replace
+
+    fmt = get_format("keypoints")
+    rng = np.random.default_rng(1)
+    motion = torch.as_tensor(rng.normal(size=(2, 8, fmt.dim)), dtype=torch.float32)
+    feats = fmt.hands_to_wrist(motion)
+    mean, std = feats.mean((0, 1)), feats.std((0, 1))
+    tok = DecoupledTokenizer(replace(TINY, hand_frame="wrist"), fmt.name, mean=mean, std=std)
+    z = tok.normalize(motion)
+    torch.testing.assert_close(z, (feats - mean) / std)
+    torch.testing.assert_close(tok.denormalize(z), motion, atol=1e-5, rtol=1e-5)
+    # the same wrist moved: the hand features of the other points do not change
+    moved = motion.clone()
+    moved[..., 102:165] += torch.tensor([1.0, 2.0, 0.0]).repeat(21)
+    dz = tok.normalize(moved) - z
+    assert dz[..., 102:104].abs().min() > 0 and dz[..., 105:165].abs().max() < 1e-5
+    with pytest.raises(ConfigError, match="hand_frame"):
+        TokenizerConfig(hand_frame="elbow")

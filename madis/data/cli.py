@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
                                    "an identical build is already there.")
     b.add_argument("--out", default=DEFAULT_OUT, help="output directory (default: %(default)s)")
     b.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    b.add_argument("--letter-rows", choices=("word_tempo", "stretch"), default="word_tempo",
+                   help="letter clips as rows of letters at word tempo (default) or, as SOKE's "
+                        "length rule, each stretched alone to 40 frames (docs/signing.md)")
     b.set_defaults(func=cmd_build_sample)
 
     t = sub.add_parser("build-pretrain", help="build the pretraining corpus (pseudo-words) shards",
@@ -116,10 +119,11 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     from madis.data.sample import build_sample_corpus, is_up_to_date
 
     out = Path(args.out)
-    if not args.force and is_up_to_date(out):
+    rows = getattr(args, "letter_rows", "word_tempo")  # `roundtrip` builds the default
+    if not args.force and is_up_to_date(out, letter_rows=rows):
         print(f"{out}/: sample shards up to date (checksums verified)")
         return 0
-    m = build_sample_corpus(out)
+    m = build_sample_corpus(out, letter_rows=rows)
     print(f"{out}/: built " + ", ".join(f"{s} {v['samples']} samples in {len(v['shards'])} shards"
                                         for s, v in m["splits"].items()))
     return 0

@@ -5,13 +5,24 @@ clips, one per (sign language, letter) for 19 sign languages, indexed by ``data.
 gives a (text = its letter or letters, lang = the sign-language code) pair in the keypoints
 format (:mod:`madis.motion.keypoints`).
 
-Splits. Each (language, letter) has exactly one clip, so every single-letter clip is train.
-Val and test are *composed* fingerspelled words, never seen in train: real words per language
+Splits. Each (language, letter) has exactly one clip, so every letter clip is train. Val and
+test are *composed* fingerspelled words, never seen in train: real words per language
 (:data:`WORDS`: cities, given names, common nouns) split into the lexicon's units by longest
 match (so ``SCH``, ``Ch``, ``Lj``, ``ال`` or Italian double letters are one unit) and built by
 concatenating the units' clips. Train gets its own composed words too. The three word lists of
 a language are disjoint (checked). What val/test measure is composition: new words from known
 letters, as sentences compose signs.
+
+Letter rows at word tempo (:data:`LETTER_ROWS`). A letter clip lasts about 25 frames (1 s),
+shorter than the length rules' 40-frame minimum, which SOKE meets by repeating frames: 598 of the
+600 clips would be slowed to 40 frames, 1.6x slower than the same letter inside a word, and
+would be 80 % of the training rows. Instead, the row of letter ``i`` of a language (key
+``{lang}-letter-{i:03d}``) is that letter's clip followed, at word tempo, by the next letters of
+the language in lexicon order (wrapping around) until the row reaches the minimum: mostly two
+letters (``"AB"``, ``"BC"``, ...), so every letter leads one row and ends or sits inside another;
+the text is the units in capitals, and a unit sequence whose text would split differently
+(``C`` + ``H`` where ``CH`` is a unit) skips to the next letter. ``letter_rows="stretch"``
+rebuilds SOKE's rule (one single-letter row per clip, stretched).
 
 Blend. Consecutive letter clips overlap by :data:`BLEND_FRAMES` frames (3 frames = 0.12 s at
 25 fps) with a linear cross-fade (weights 1/4, 2/4, 3/4 on the next clip), which removes the jump
@@ -43,6 +54,7 @@ import numpy as np
 
 from madis.data.shards import MANIFEST, Sample, write_shards
 from madis.motion.keypoints import FPS, KeypointClip, hand_shapes, normalize_points, process_points, read_pose_points
+from madis.motion.base import MIN_FRAMES
 from madis.motion.length import apply_length_rules
 
 PACKAGE = "spoken-to-signed"
@@ -52,7 +64,9 @@ TRAIN_ORDER_SEED = 2024
 #: shard size target of the sample corpus: small, so that train has several shards
 SAMPLE_MAX_BYTES = 2 * 2**20
 #: bump when the build changes its output; a build with an equal fingerprint is skipped
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
+#: how the train split holds the letter clips (module doc, "Letter rows at word tempo")
+LETTER_ROWS = ("word_tempo", "stretch")
 #: Pretraining corpus (:func:`build_pretrain_corpus`): pseudo-words per sign language, their
 #: length range in lexicon units (the sample's real words have 3..10, mostly 4..6), the seed.
 PRETRAIN_WORDS_PER_LANGUAGE = 200
@@ -278,9 +292,11 @@ def _licence_text() -> str:
     return dist.metadata.get("License") or "unknown"
 
 
-def _fingerprint(entries: Sequence[LexiconEntry], csv_path: Path) -> dict:
+def _fingerprint(entries: Sequence[LexiconEntry], csv_path: Path,
+                 letter_rows: str = LETTER_ROWS[0]) -> dict:
     return {
         "builder_version": BUILDER_VERSION,
+        "letter_rows": letter_rows,
         "package": PACKAGE,
         "package_version": importlib.metadata.version(PACKAGE),
         "data_csv_sha256": hashlib.sha256(csv_path.read_bytes()).hexdigest(),
@@ -291,7 +307,8 @@ def _fingerprint(entries: Sequence[LexiconEntry], csv_path: Path) -> dict:
     }
 
 
-def is_up_to_date(out_dir: str | Path, build: dict | None = None) -> bool:
+def is_up_to_date(out_dir: str | Path, build: dict | None = None,
+                  letter_rows: str = LETTER_ROWS[0]) -> bool:
     """True when ``out_dir`` holds a sample build of this code and package, every shard intact
     (sha256 as recorded in the manifest). ``build``: the fingerprint to expect instead of the
     sample corpus's (e.g. :func:`pretrain_fingerprint`)."""
@@ -300,7 +317,7 @@ def is_up_to_date(out_dir: str | Path, build: dict | None = None) -> bool:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         if build is None:
             d = lexicon_dir()
-            build = _fingerprint(read_lexicon(d), d / "data.csv")
+            build = _fingerprint(read_lexicon(d), d / "data.csv", letter_rows)
         if manifest.get("build") != build:
             return False
         for split in manifest["splits"].values():
@@ -323,28 +340,90 @@ def corpus_mean_hands(points) -> dict[str, np.ndarray]:
     return {p: (s / max(n, 1)).astype(np.float32) for p, (s, n) in sums.items()}
 
 
-def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) -> dict:
+def letter_row_units(entries: Sequence[LexiconEntry], i: int, clips: Mapping,
+                     min_frames: int = MIN_FRAMES, blend: int = BLEND_FRAMES,
+                     avoid: frozenset[str] = frozenset()) -> list[LexiconEntry]:
+    """The units of the word-tempo row led by ``entries[i]`` (module doc, "Letter rows at word
+    tempo"): the letter, then the next letters of ``entries`` (one language, lexicon order,
+    wrapping around) until the composed row has ``min_frames`` frames and its text is not in
+    ``avoid``; a letter whose text would merge with the row's last unit under longest match is
+    skipped.
+
+    Args:
+        entries: the lexicon rows of one sign language.
+        clips: ``{entry: KeypointClip}``.
+        avoid: :func:`unit_key` of texts a row must not spell (the val/test and novel words).
+    Raises:
+        ValueError: the language's clips together are shorter than ``min_frames``.
+    """
+    units = [e.text for e in entries]
+    row = [entries[i]]
+    frames = len(clips[entries[i]].motion)
+    j = i
+    def text(r):
+        return "".join(_capitals(e.text) for e in r)
+
+    while frames < min_frames or unit_key(text(row)) in avoid:
+        for _ in range(len(entries)):
+            j = (j + 1) % len(entries)
+            cand = [*row, entries[j]]
+            if split_units(text(cand), units) == [e.text for e in cand]:
+                break
+        else:
+            raise ValueError(f"{entries[i].lang}: no letter can follow {entries[i].text!r}")
+        row = cand
+        frames += len(clips[entries[j]].motion) - min(blend, frames - 1, len(clips[entries[j]].motion) - 1)
+        if len(row) > len(entries) + 1:
+            raise ValueError(f"{entries[i].lang}: its clips cannot make {min_frames} frames")
+    return row
+
+
+def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES,
+                        letter_rows: str = LETTER_ROWS[0]) -> dict:
     """Build the sample shards from the installed lexicon into ``out_dir``; return the manifest.
 
+    Args:
+        letter_rows: ``word_tempo`` (default) or ``stretch`` (module doc, "Letter rows").
     Raises:
         FileNotFoundError: spoken-to-signed is not installed.
-        ValueError: a word list problem (see :func:`check_word_lists`) or an unreadable clip.
+        ValueError: a word list problem (see :func:`check_word_lists`), an unreadable clip or
+            an unknown ``letter_rows``.
     """
+    if letter_rows not in LETTER_ROWS:
+        raise ValueError(f"letter_rows must be one of {LETTER_ROWS}, got {letter_rows!r}")
     d = lexicon_dir()
     entries = read_lexicon(d)
     plan = check_word_lists(entries)
     clips = lexicon_clips(entries)
     by_unit = {(e.lang, e.text): e for e in entries}
+    by_lang: dict[str, list[LexiconEntry]] = {}
+    for e in entries:
+        by_lang.setdefault(e.lang, []).append(e)
 
     def source(e: LexiconEntry) -> str:
         return f"{PACKAGE}:{'/'.join(LEXICON_SUBDIR)}/{e.path.relative_to(d).as_posix()}"
 
+    held_out = {lang: frozenset(unit_key(w) for w in (*WORDS[lang]["val"], *WORDS[lang]["test"],
+                                                      *NOVEL_WORDS.get(lang, ())))
+                for lang in by_lang}
     splits: dict[str, list[Sample]] = {"train": [], "val": [], "test": []}
     for e in entries:
-        m, v = apply_length_rules(clips[e].motion, clips[e].valid)
+        key = f"{e.lang}-letter-{e.index:03d}"
+        meta = {"spoken_language": e.spoken}
+        if letter_rows == "stretch":
+            m, v = apply_length_rules(clips[e].motion, clips[e].valid)
+            splits["train"].append(Sample(key=key, text=e.text, lang=e.lang, fps=FPS,
+                                          source=source(e), motion=m, valid=v, composed=False,
+                                          meta={**meta, "units": [e.text]}))
+            continue
+        row = letter_row_units(by_lang[e.lang], e.index, clips, avoid=held_out[e.lang])
+        m, v = apply_length_rules(*compose([clips[u] for u in row]))
         splits["train"].append(Sample(
-            key=f"{e.lang}-letter-{e.index:03d}", text=e.text, lang=e.lang, fps=FPS, source=source(e),
-            motion=m, valid=v, composed=False, meta={"spoken_language": e.spoken, "units": [e.text]}))
+            key=key, text="".join(_capitals(u.text) for u in row), lang=e.lang, fps=FPS,
+            source=source(e) if len(row) == 1 else f"{source(e)} (+{len(row) - 1} following letters)",
+            motion=m, valid=v, composed=len(row) > 1,
+            meta={**meta, "units": [u.text for u in row], "letter_row": True,
+                  "blend_frames": BLEND_FRAMES}))
     spoken = {e.lang: e.spoken for e in entries}
     for lang in sorted(plan):
         for split in ("train", "val", "test"):
@@ -364,7 +443,7 @@ def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES) 
     }
     return write_shards(out_dir, splits, motion_format="keypoints", fps=FPS, provenance=provenance,
                         licence=_licence(), max_bytes=max_bytes,
-                        extra={"build": _fingerprint(entries, d / "data.csv")})
+                        extra={"build": _fingerprint(entries, d / "data.csv", letter_rows)})
 
 
 def lexicon_clips(entries: Sequence[LexiconEntry]) -> dict[LexiconEntry, KeypointClip]:
@@ -410,7 +489,8 @@ def pseudo_words(entries: Sequence[LexiconEntry], per_language: int = PRETRAIN_W
     capitals, then split again by longest match (:func:`split_units`) exactly as the sample's
     words are, so that a text always stands for the same unit sequence (``S``+``C``+``H`` in
     German becomes the unit ``SCH``). No pseudo-word equals a word of ``words`` (train, val or
-    test, compared by :func:`unit_key`), none repeats, and each has at least two units.
+    test) or of :data:`NOVEL_WORDS` (compared by :func:`unit_key`), none repeats, and each has
+    at least two units.
 
     Returns:
         ``{lang: [(text, units)]}``, ``per_language`` entries each, deterministic in ``seed``.
@@ -428,6 +508,7 @@ def pseudo_words(entries: Sequence[LexiconEntry], per_language: int = PRETRAIN_W
     out: dict[str, list[tuple[str, list[str]]]] = {}
     for lang in sorted(units):
         taken = {unit_key(w) for split in words.get(lang, {}).values() for w in split}
+        taken |= {unit_key(w) for w in NOVEL_WORDS.get(lang, ())}
         if per_language > len(units[lang]) ** lo // 2:
             raise ValueError(f"{lang}: {per_language} pseudo-words of {lo}..{hi} units asked from "
                              f"only {len(units[lang])} units")

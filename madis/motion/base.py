@@ -78,6 +78,17 @@ class MotionFormat(ABC):
             out[..., self.part_index[p]] = parts[p]
         return out
 
+    def hands_to_wrist(self, motion):
+        """Features with each hand's points relative to its wrist, ``[..., D]`` (numpy or
+        torch), for a tokenizer that models hand shapes apart from where the hands are
+        (``tokenizer.hand_frame: wrist``). The default is the identity: a format whose hands are
+        already relative (SMPL-X hand rotations) has nothing to change."""
+        return motion
+
+    def hands_from_wrist(self, features):
+        """Inverse of :meth:`hands_to_wrist`."""
+        return features
+
     @abstractmethod
     def joints(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         """Joint positions for metrics: ``[T, D]`` -> dict part -> ``[T, J_p, 3]`` (``units``)."""

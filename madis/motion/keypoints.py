@@ -60,7 +60,9 @@ Processing of one clip, in order (:func:`clip_from_pose`):
    its elbow). A hand never detected in the clip is
    placed at the pose's wrist of the same side with a mean hand shape (wrist-relative,
    ``mean_hands``: the corpus mean when the caller computed one, else every point at the
-   wrist). A clip whose shoulders are never detected is rejected. The ``[T, 3]`` validity mask
+   wrist). A clip whose shoulders are never detected is rejected. A hand whose points lie
+   farther than :data:`MAX_HAND_SPAN` from its own wrist in a frame is not a detection
+   there (a tracking failure) and is treated as missing. The ``[T, 3]`` validity mask
    (body, lhand, rhand) records which frames of each part were complete real detections.
 3. **Resampling** to :data:`FPS` (25: the lexicon mixes 24, 25 and ~30 fps and 25 is the most
    common rate, so most clips are untouched) by linear interpolation; a resampled frame is valid
@@ -125,6 +127,24 @@ class KeypointsFormat(MotionFormat):
         "lhand": MetricJoints(align_index=0, cost_joints=None),
         "rhand": MetricJoints(align_index=0, cost_joints=None),
     }
+
+    def _hand_offsets(self, x, sign: float):
+        out = x.copy() if isinstance(x, np.ndarray) else x.clone()
+        for part in ("lhand", "rhand"):
+            a = 3 * POINT_SLICES[part].start  # the hand's wrist, its point 0
+            wrist = x[..., a:a + 3]
+            for k in range(1, NUM_HAND):
+                out[..., a + 3 * k: a + 3 * k + 3] = x[..., a + 3 * k: a + 3 * k + 3] + sign * wrist
+        return out
+
+    def hands_to_wrist(self, motion):
+        """Hand points 1..20 minus their hand's wrist (point 0, kept as it is): the hand's shape
+        apart from its place. ``[..., 165]``, numpy or torch."""
+        return self._hand_offsets(motion, -1.0)
+
+    def hands_from_wrist(self, features):
+        """Inverse of :meth:`hands_to_wrist`."""
+        return self._hand_offsets(features, 1.0)
 
     def joints(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         """``[T, 165]`` -> body ``[T, 14, 3]`` (shoulder midpoint first), hands ``[T, 21, 3]``."""
@@ -509,6 +529,25 @@ def hand_shapes(xyz: np.ndarray, present: np.ndarray) -> dict[str, tuple[np.ndar
     return out
 
 
+#: A detected hand whose points lie farther than this from its own wrist (shoulder widths, in the
+#: image plane) is not a hand: a real hand spans about 0.5 (99 % of the lexicon's frames stay
+#: under 0.8), and the two lexicon clips that break it put the right hand's points ~27
+#: shoulder widths away, which alone inflated the right hand's z-score spread tenfold.
+MAX_HAND_SPAN = 1.5
+
+
+def implausible_hands(xyz: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Frames whose detected hand is not a hand (see :data:`MAX_HAND_SPAN`): bool ``[T, 2]``
+    (left, right) for normalised points ``xyz [T, 55, 3]``."""
+    out = np.zeros((len(xyz), 2), bool)
+    for k, part in enumerate(("lhand", "rhand")):
+        sl = POINT_SLICES[part]
+        pts = xyz[:, sl, :2]
+        span = np.linalg.norm(pts[:, 1:] - pts[:, :1], axis=-1).max(-1)
+        out[:, k] = present[:, sl].any(-1) & ~(span <= MAX_HAND_SPAN)
+    return out
+
+
 def process_points(
     points: HolisticPoints,
     mean_hands: Mapping[str, np.ndarray] | None = None,
@@ -523,7 +562,11 @@ def process_points(
         ValueError: the shoulders are never detected.
     """
     xyz = normalize_points(points)
-    filled, valid = fill_missing(xyz, points.present, mean_hands, points.estimated, estimates_valid)
+    present = points.present.copy()
+    bad = implausible_hands(xyz, present)
+    for k, part in enumerate(("lhand", "rhand")):
+        present[bad[:, k], POINT_SLICES[part]] = False  # filled like a missed detection
+    filled, valid = fill_missing(xyz, present, mean_hands, points.estimated, estimates_valid)
     filled, valid = resample(filled, valid, points.fps, fps)
     return KeypointClip(motion=filled.reshape(len(filled), DIM).astype(np.float32),
                         valid=valid, fps=fps)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from madis.config import ConfigError, check_bounds
 
+HAND_FRAMES = ("body", "wrist")
+
 
 @dataclass
 class TokenizerConfig:
@@ -25,6 +27,13 @@ class TokenizerConfig:
         commitment_weight: weight of ``||z_e - sg(z_q)||^2`` in the loss (paper 0.02).
         dead_code_threshold: a code whose EMA usage count falls below this is reset to a random
             encoder output of the current batch (T2M-GPT resets below 1.0).
+        hand_frame: ``body`` (the format's features as they are, the paper's) or ``wrist``:
+            the hand VQ-VAEs see each hand's points relative to its wrist
+            (:meth:`~madis.motion.MotionFormat.hands_to_wrist`), with z-score statistics of
+            those features. For keypoint data, where the hands are positions in shoulder
+            widths, the arm's travel otherwise dominates the hand features and hand shapes
+            (what fingerspelling is made of) get few codes (docs/design.md#tokenizer).
+            SMPL-X hands are rotations already: the switch changes nothing there.
     """
 
     width: int = 512
@@ -35,6 +44,7 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     commitment_weight: float = 0.02
     dead_code_threshold: float = 1.0
+    hand_frame: str = "body"
 
     def __post_init__(self) -> None:
         check_bounds(self, "tokenizer",
@@ -45,6 +55,9 @@ class TokenizerConfig:
                 f"tokenizer.codebook_sizes must be three sizes >= 2 (body, lhand, rhand), "
                 f"got {self.codebook_sizes}"
             )
+        if self.hand_frame not in HAND_FRAMES:
+            raise ConfigError(f"tokenizer.hand_frame must be one of {HAND_FRAMES}, got "
+                              f"{self.hand_frame!r}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"tokenizer.ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.commitment_weight < 0 or self.dead_code_threshold < 0:

@@ -67,9 +67,11 @@ class DecoupledTokenizer(nn.Module):
     Args:
         config: sizes and losses.
         motion_format: registered format name (``smplx133`` or ``keypoints``).
-        mean, std: z-score statistics ``[D]`` over the training split (the shard manifest's
-            ``stats``); ``None`` means 0 and 1. Std entries below 1e-6 (a constant feature) count
-            as 1, so normalising never divides by zero.
+        mean, std: z-score statistics ``[D]`` over the training split of the features the
+            VQ-VAEs see: the shard manifest's ``stats``, or with ``hand_frame: wrist`` those of
+            the wrist-relative features (:func:`madis.tokenizer.task.feature_stats`); ``None``
+            means 0 and 1. Std entries below 1e-6 (a constant feature) count as 1, so
+            normalising never divides by zero.
 
     Raises:
         KeyError: unknown motion format.
@@ -115,12 +117,16 @@ class DecoupledTokenizer(nn.Module):
 
     # -- normalisation ----------------------------------------------------------------------------
     def normalize(self, motion: torch.Tensor) -> torch.Tensor:
-        """Format units -> z-scored, ``[..., D]``."""
+        """Format units -> z-scored features, ``[..., D]`` (with ``hand_frame: wrist`` the
+        hands relative to their wrists first; ``mean``/``std`` are those features' stats)."""
+        if self.config.hand_frame == "wrist":
+            motion = self.format.hands_to_wrist(motion)
         return (motion - self.mean) / self.std
 
     def denormalize(self, motion: torch.Tensor) -> torch.Tensor:
-        """Z-scored -> format units, ``[..., D]``."""
-        return motion * self.std + self.mean
+        """Z-scored features -> format units, ``[..., D]``."""
+        out = motion * self.std + self.mean
+        return self.format.hands_from_wrist(out) if self.config.hand_frame == "wrist" else out
 
     # -- shared plumbing --------------------------------------------------------------------------
     def _check(self, motion: torch.Tensor, mask: torch.Tensor | None):
@@ -143,7 +149,7 @@ class DecoupledTokenizer(nn.Module):
 
     def _part_inputs(self, motion: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
         # padded frames become the mean pose (0 after z-scoring) so they carry no signal
-        x = (motion.float() - self.mean.float()) / self.std.float() * mask[..., None]
+        x = self.normalize(motion.float()).float() * mask[..., None]
         x = x.to(self.parts[PARTS[0]].encoder.stem.weight.dtype)  # bf16 under DeepSpeed
         return {p: x[..., getattr(self, f"index_{p}")] for p in PARTS}
 

@@ -15,6 +15,33 @@ from madis.tokenizer.decoupled import DecoupledTokenizer
 from madis.train.task import Task
 
 
+#: samples read for :func:`feature_stats` at most (a seeded subset of a larger train split)
+STATS_SAMPLES = 4000
+
+
+def feature_stats(url: str, motion_format: str, max_samples: int = STATS_SAMPLES
+                  ) -> tuple[list[float], list[float]]:
+    """Z-score statistics of the wrist-frame features (``hand_frame: wrist``) over the train
+    split of the shard root ``url``: mean and std ``[D]``, every frame of the first
+    ``max_samples`` samples of a shuffled pass (all of them in the sample corpus).
+
+    Raises:
+        ValueError: the train split holds no frame.
+    """
+    from madis.data.shards import iter_samples
+    from madis.motion import get_format
+    from madis.motion.length import RunningStats
+
+    fmt = get_format(motion_format)
+    stats = RunningStats(fmt.dim)
+    for n, s in enumerate(iter_samples(url, "train", shuffle=True, seed=0)):
+        if n >= max_samples:
+            break
+        stats.update(fmt.hands_to_wrist(s["motion"]))
+    mean, std = stats.result()
+    return mean.tolist(), std.tolist()
+
+
 @dataclass
 class TokenizerTask(Task):
     """Reconstruction training of :class:`DecoupledTokenizer` on a shard root.
@@ -52,8 +79,11 @@ class TokenizerTask(Task):
         from madis.data.shards import open_shard_root
 
         root = open_shard_root(shards)
+        mean, std = root.mean, root.std
+        if config.hand_frame == "wrist":
+            mean, std = feature_stats(root.url, root.motion_format)
         return cls(config=config, shards=root.url, motion_format=root.motion_format,
-                   mean=root.mean, std=root.std, train_samples=root.splits.get("train", 0),
+                   mean=mean, std=std, train_samples=root.splits.get("train", 0),
                    splits=root.splits, **kw)
 
     def build_model(self) -> DecoupledTokenizer:
