@@ -46,6 +46,9 @@ SERVE_URL = "http://127.0.0.1:8000"
 BUCKET = "s3://madis"
 SAMPLE_URL = f"{BUCKET}/sample"
 TOKENS_URL = f"{BUCKET}/tokens"
+#: the sample's pretraining corpus (fingerspelled pseudo-words) and its tokens
+PRETRAIN_URL = f"{BUCKET}/pretrain"
+PRETRAIN_TOKENS_URL = f"{BUCKET}/pretrain-tokens"
 #: the GCS address `ray start --head` takes (the client server names it, not the temp dir)
 GCS_ADDRESS = "127.0.0.1:6379"
 DEMO_TEXT = ("HELLO", "ase")
@@ -262,6 +265,33 @@ def own_corpus(shards: Path) -> tuple[str, tuple[str, str]]:
     return "corpus-" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:8], demo
 
 
+def pretraining_tokens(paths: Paths, tokens_url: str) -> str:
+    """The sample's pretraining corpus (:func:`madis.data.sample.build_pretrain_corpus`, 3,800
+    pseudo-words; docs/signing.md#pretraining) built into ``pretrain_shards/``, uploaded to
+    :data:`PRETRAIN_URL` and encoded with the tokenizer that wrote ``tokens_url`` into
+    :data:`PRETRAIN_TOKENS_URL`; each step skipped when its output is already there (the token
+    set is redone when the tokenizer changed). Returns a one-line summary."""
+    from madis.data import storage
+    from madis.data.sample import build_pretrain_corpus, is_up_to_date, pretrain_fingerprint
+    from madis.data.shards import read_manifest
+    from madis.tokenizer.token_shards import tokenize_like
+
+    local = paths.repo / "pretrain_shards"
+    if not is_up_to_date(local, pretrain_fingerprint()):
+        build_pretrain_corpus(local)
+    upload_if_missing(local, PRETRAIN_URL)
+    want = read_manifest(tokens_url).get("tokenizer_export")
+    try:
+        have = read_manifest(PRETRAIN_TOKENS_URL)
+    except (storage.StorageError, FileNotFoundError):
+        have = {}
+    source = json.loads((local / "manifest.json").read_text())["splits"]["train"]["sha256"]
+    if have.get("tokenizer_export") == want and have.get("source_sha256") == source:
+        return f"{PRETRAIN_TOKENS_URL} already holds its tokens"
+    tokenize_like(PRETRAIN_URL, tokens_url, PRETRAIN_TOKENS_URL, extra={"source_sha256": source})
+    return f"{PRETRAIN_TOKENS_URL}: {len(source)} train shards tokenized"
+
+
 def ray_running(env: dict[str, str]) -> bool:
     """True when the Ray cluster at :data:`DASHBOARD` answers with this checkout's token.
 
@@ -450,8 +480,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     step.done(f"run {run['siclip']}")
 
     step("pretraining job (ray job submit ray_jobs/pretrain.py)")
+    pretrain_sets = ["--shards", tokens_url]
+    if not args.shards:  # the sample's own pretraining corpus joins it (docs/signing.md)
+        print(f"      {pretraining_tokens(paths, tokens_url)}", flush=True)
+        pretrain_sets += ["--shards", PRETRAIN_TOKENS_URL]
     run_job("pretrain", "ray_jobs/pretrain.py",
-            ["--shards", tokens_url, *_overrides(args, "pretrain", st)], paths, env)
+            [*pretrain_sets, *_overrides(args, "pretrain", st)], paths, env)
     step.done(f"run {run['pretrain']}")
 
     step("fine-tuning job with the eval fleet beside it")

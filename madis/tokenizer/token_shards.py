@@ -123,11 +123,14 @@ def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
     return written
 
 
-def tokenize_like(src: str, like: str, out: str, *, batch_size: int = 32) -> dict:
+def tokenize_like(src: str, like: str, out: str, *, batch_size: int = 32,
+                  extra: dict[str, Any] | None = None) -> dict:
     """Encode the motion shards ``src`` with the tokenizer that wrote the token shards ``like``
     and write them to ``out``, recording the same ``tokenizer_export``, so that the MDLM jobs
     accept both sets together (``ray_jobs/pretrain.py --shards LIKE --shards OUT``: paper 3.2
     pretrains on every dataset with one tokenizer).
+
+    ``extra`` is merged into the written manifest.
 
     Returns:
         The written manifest.
@@ -153,4 +156,4 @@ def tokenize_like(src: str, like: str, out: str, *, batch_size: int = 32) -> dic
                          "ray_jobs/train_tokenizer.py")
     tokenizer = DecoupledTokenizer.from_pretrained(recorded["url"])
     return write_token_shards(tokenizer, src, out, batch_size=batch_size,
-                              extra={"tokenizer_export": recorded})
+                              extra={**(extra or {}), "tokenizer_export": recorded})
