@@ -362,7 +362,8 @@ def test_fleet_on_s3_evaluates_each_checkpoint_once_survives_corrupt_and_killed_
     steps, images, values = _scalars(local)
     for tag in ("eval/utc/dtw_jpe_body", "eval/utc/dtw_jpe_hands", "eval/utc/sibleu4_body",
                 "eval/utc/siclip_s2t_R@1", "eval/utc/siclip_t2s_R@10", "fleet/lag_s",
-                "fleet/eval_s", "fleet/decode_s"):
+                "fleet/eval_s", "fleet/decode_s", "eval/utc/run_share", "eval/utc/distinct",
+                "eval/utc/length_ratio", "eval/utc/cross_distance", "eval/utc/signing_hands"):
         assert steps[tag] == [2, 4, 6, 8], tag
     assert steps["fleet/failed"] == [3]
     assert values["eval/utc/dtw_jpe_body"] == pytest.approx([ok[2], ok[4], ok[6], ok[8]])

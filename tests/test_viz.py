@@ -208,3 +208,29 @@ def test_cli_render_npy(tmp_path, capsys):
     assert main(["render", str(tmp_path / "odd.npy"), "-o", str(tmp_path / "bad.gif")]) == 2
     assert "matches no format" in capsys.readouterr().err
     assert not (tmp_path / "bad.gif").exists()
+
+
+def test_frame_strip_rows_and_hand_close_up(tmp_path, capsys):
+    from madis.viz import frame_strip
+
+    gen, ref = _keypoints_motion(T=10), _keypoints_motion(T=6, seed=1)
+    strip = frame_strip(gen, "keypoints", reference=ref, frames=4, size=SIZE)
+    assert strip.shape == (2 * SIZE, 4 * SIZE, 3)
+    whole = _color_mask(strip[:SIZE, :SIZE], PART_COLORS["rhand"]).sum()
+    hand = frame_strip(gen, "keypoints", frames=4, hand="rhand", size=SIZE)
+    assert hand.shape == (SIZE, 4 * SIZE, 3)
+    first = hand[:, :SIZE]
+    assert _color_mask(first, PART_COLORS["rhand"]).sum() > 2 * whole  # enlarged
+    assert _color_mask(first, PART_COLORS["lhand"]).sum() == 0  # the other hand is gone
+    with pytest.raises(ValueError, match="hand"):
+        frame_strip(gen, "keypoints", hand="head")
+    np.save(tmp_path / "m.npy", gen)
+    np.save(tmp_path / "r.npy", ref)
+    out = tmp_path / "s.png"
+    assert main(["render", str(tmp_path / "m.npy"), "-o", str(out), "--reference",
+                 str(tmp_path / "r.npy"), "--strip", "3", "--hand", "rhand",
+                 "--size", str(SIZE)]) == 0
+    assert iio.imread(out).shape == (2 * SIZE, 3 * SIZE, 3)
+    assert main(["render", str(tmp_path / "m.npy"), "-o", str(tmp_path / "s.gif"),
+                 "--strip", "3"]) == 2
+    assert "--strip" in capsys.readouterr().err

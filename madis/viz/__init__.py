@@ -16,6 +16,7 @@ from madis.viz.render import (
     animation,
     encode_gif,
     encode_mp4,
+    frame_strip,
     render_frame,
     render_frames,
     render_motion,
@@ -26,6 +27,6 @@ from madis.viz.skeleton import Skeleton, as_motion, screen_joints, skeleton_for
 
 __all__ = [
     "PART_COLORS", "Skeleton", "SkeletonAnimation", "animation", "as_motion", "encode_gif",
-    "encode_mp4", "plot_gates", "render_frame", "render_frames", "render_motion", "save_frames",
+    "encode_mp4", "frame_strip", "plot_gates", "render_frame", "render_frames", "render_motion", "save_frames",
     "screen_joints", "skeleton_for", "write_png_frames",
 ]

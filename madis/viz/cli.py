@@ -24,6 +24,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fps", type=float, default=None, help="frame rate (default: the format's)")
     p.add_argument("--frame", type=int, default=None,
                    help="for .png: the frame to draw (default: the middle one)")
+    p.add_argument("--strip", type=int, default=0, metavar="N",
+                   help="for .png: N evenly spaced frames side by side (the reference in a "
+                        "second row) instead of one frame")
+    p.add_argument("--hand", choices=("lhand", "rhand"), default=None,
+                   help="with --strip: only this hand, wrist-centred and enlarged")
     p.add_argument("--smplx-dir", default=None,
                    help="SMPL-X model directory for smplx133 (default: $MADIS_SMPLX_DIR)")
     p.set_defaults(func=cmd_render)
@@ -55,9 +60,18 @@ def cmd_render(args: argparse.Namespace) -> int:
             if fmt is None:
                 raise ValueError(f"{args.motion}: shape {motion.shape} matches no format "
                                  f"(keypoints D = 165, smplx133 D = 133)")
-        out = render_motion(motion, args.out, fmt, reference=reference, text=args.text,
-                            size=args.size, fps=args.fps, frame=args.frame,
-                            model_dir=args.smplx_dir)
+        if args.strip or args.hand:
+            if Path(args.out).suffix.lower() != ".png" or args.strip < 1:
+                raise ValueError("--strip N (N >= 1) writes a .png; --hand needs --strip")
+            from madis.viz.render import frame_strip, save_frames
+
+            img = frame_strip(motion, fmt, reference=reference, frames=args.strip,
+                              hand=args.hand, size=args.size, model_dir=args.smplx_dir)
+            out = save_frames(img[None], args.out, 1.0)
+        else:
+            out = render_motion(motion, args.out, fmt, reference=reference, text=args.text,
+                                size=args.size, fps=args.fps, frame=args.frame,
+                                model_dir=args.smplx_dir)
     except (ValueError, IndexError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

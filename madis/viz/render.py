@@ -46,12 +46,14 @@ class SkeletonAnimation:
         titles: one title per panel (None: no titles).
         text: the sentence shown above the panels (wrapped; None: none).
         size: side of each square panel, pixels.
+        line_scale: multiplies every line width (a hand close-up wants thicker lines).
     Raises:
         ValueError: no panels, titles of the wrong length, or ``size`` < 32.
     """
 
     def __init__(self, panels: Sequence[dict], fmt: MotionFormat | str, *,
-                 titles: Sequence[str] | None = None, text: str | None = None, size: int = 256):
+                 titles: Sequence[str] | None = None, text: str | None = None, size: int = 256,
+                 line_scale: float = 1.0):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.collections import LineCollection
         from matplotlib.figure import Figure
@@ -85,7 +87,7 @@ class SkeletonAnimation:
         lo, hi = np.percentile(pts, [0.5, 99.5], axis=0)
         centre, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2 * 1.1, 1e-6)
 
-        scale = size / 256
+        scale = size / 256 * line_scale
         self._collections = []
         for i in range(n):
             ax = fig.add_axes((i / n, 0, 1 / n, size / self.height))
@@ -105,7 +107,7 @@ class SkeletonAnimation:
             fig.text(0.5, 1 - (_PAD_PX / 2 + k * _LINE_PX) / self.height, line, ha="center",
                      va="top", fontsize=_TEXT_PT)
         self._counter = fig.text(3 / self.width, 1 - (header + 3) / self.height, "",
-                                 ha="left", va="top", fontsize=7 * max(scale, 0.8),
+                                 ha="left", va="top", fontsize=7 * max(size / 256, 0.8),
                                  color="#808080", animated=True)
         self._canvas.draw()
         self._background = self._canvas.copy_from_bbox(fig.bbox)
@@ -184,6 +186,46 @@ def render_frame(motion, fmt: MotionFormat | str = "keypoints", t: int | None = 
     anim = animation(motion, fmt, reference=reference, text=text, titles=titles, size=size,
                      model_dir=model_dir)
     return anim.frame(len(anim) // 2 if t is None else t)
+
+
+def hand_panels(joints: dict[str, np.ndarray], hand: str) -> dict[str, np.ndarray]:
+    """Front-view joints reduced to one hand, wrist at the origin: the other parts collapse onto
+    it (bones of zero length draw nothing), so an animation of these panels zooms on the hand's
+    shape. ``joints``: :func:`~madis.viz.skeleton.screen_joints`'s dict part -> ``[T, J, 2]``."""
+    if hand not in ("lhand", "rhand"):
+        raise ValueError(f"hand must be lhand or rhand, got {hand!r}")
+    h = joints[hand] - joints[hand][:, :1]
+    return {p: h if p == hand else np.zeros_like(joints[p]) for p in PARTS}
+
+
+def frame_strip(motion, fmt: MotionFormat | str = "keypoints", *, reference=None,
+                frames: int = 8, hand: str | None = None, size: int = 128,
+                model_dir=None) -> np.ndarray:
+    """``frames`` evenly spaced frames of ``motion`` side by side (and of ``reference`` in a
+    second row): RGB uint8 ``[rows * H, frames * size, 3]``, a picture to compare two motions at
+    a glance (README, docs). With ``hand`` (``rhand``/``lhand``) each frame shows only that
+    hand, wrist-centred and enlarged: the hand shapes fingerspelling is made of. Each row is
+    sampled over its own length; all panels share one scale.
+
+    Raises:
+        ValueError: ``frames`` < 1, a bad ``hand`` or motion shape (see :func:`animation`).
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    fmt = get_format(fmt) if isinstance(fmt, str) else fmt
+    rows = [screen_joints(motion, fmt, model_dir)]
+    if reference is not None:
+        rows.append(screen_joints(reference, fmt, model_dir))
+    if hand is not None:
+        rows = [hand_panels(r, hand) for r in rows]
+    panels = []
+    for r in rows:
+        idx = np.linspace(0, len(r["body"]) - 1, frames).round().astype(int)
+        panels += [{p: r[p][t:t + 1] for p in PARTS} for t in idx]
+    anim = SkeletonAnimation(panels, fmt, size=size, line_scale=2.5 if hand else 1.0)
+    img = anim.frame(0)
+    width = frames * size
+    return np.concatenate([img[:, i * width:(i + 1) * width] for i in range(len(rows))], 0)
 
 
 # ---------------------------------------------------------------- writers
