@@ -231,3 +231,25 @@ def test_greedy_confidence_order_and_gumbel_determinism():
     b = unmask(noisy, 2, n, 4, [], body_classes=50, temperature=1.0,
                generator=torch.Generator().manual_seed(3)).tokens
     assert torch.equal(a, b) and a.unique().numel() > 3
+
+
+def test_per_row_generators_make_a_rows_sample_its_own():
+    """One generator per row: a row's sample depends on its seed alone, not on the rows it is
+    batched with (the service seeds each request)."""
+    def predict(tokens, masked, query):
+        q = int(query.sum())
+        return [torch.zeros(q, 12), torch.zeros(q, 10), torch.zeros(q, 10)]
+
+    def run(seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        return unmask(predict, len(seeds), 8, 4, [0.75, 0.5], body_classes=12,
+                      temperature=1.0, generator=gens).tokens
+
+    alone = run([7])
+    batched = run([1, 7, 2])
+    assert torch.equal(batched[1], alone[0])
+    assert not torch.equal(batched[0], batched[1])
+    assert torch.equal(run([1, 7, 2]), batched)
+    with pytest.raises(ValueError, match="row"):
+        from madis.mdlm.sampling import pick_tokens
+        pick_tokens(torch.zeros(2, 3), 1.0, [torch.Generator()])

@@ -30,7 +30,20 @@ def test_pin_and_threshold_fields():
     assert parse_generate(body(), LIMITS).threshold is None
 
 
+def test_temperature_and_seed_fields():
+    r = parse_generate(body(temperature=0.7, seed=12), LIMITS)
+    assert (r.temperature, r.seed) == (0.7, 12)
+    r = parse_generate(body(), LIMITS)
+    assert (r.temperature, r.seed) == (None, 0)
+
+
 BAD = [
+    (body(temperature=-1), "bad_temperature"),
+    (body(temperature="hot"), "bad_temperature"),
+    (body(temperature=11), "bad_temperature"),
+    (body(seed=-3), "bad_seed"),
+    (body(seed=1.5), "bad_seed"),
+    (body(seed=True), "bad_seed"),
     (body(threshold=0), "bad_threshold"),
     (body(threshold="high"), "bad_threshold"),
     (body(threshold=True), "bad_threshold"),

@@ -153,6 +153,23 @@ def test_batched_generation_equals_one_at_a_time(loaded):
     assert not np.array_equal(together[0].tokens, together[1].tokens)
 
 
+def test_sampled_requests_answer_by_their_own_seed(loaded):
+    """At temperature > 0 a request's answer depends on its seed alone, not on its batch."""
+    from madis.serve.requests import GenerateRequest
+
+    def req(text, lang, seed):
+        return GenerateRequest(text, lang, 6, "utc", temperature=1.0, seed=seed)
+
+    together = loaded.generate([req("BERLIN IST GROSS", "gsg", 3), req("HELLO", "ase", 5),
+                                req("HELLO", "ase", 6)])
+    assert [r.timings["batch_size"] for r in together] == [3, 3, 3]
+    alone = loaded.generate([req("HELLO", "ase", 5)])[0]
+    np.testing.assert_array_equal(together[1].tokens, alone.tokens)
+    assert not np.array_equal(together[1].tokens, together[2].tokens)  # another seed
+    greedy = loaded.generate([GenerateRequest("HELLO", "ase", 6, "utc", temperature=0.0)])[0]
+    assert not np.array_equal(greedy.tokens, alone.tokens)
+
+
 def test_pose_file_holds_the_motion(loaded):
     from pose_format import Pose
 

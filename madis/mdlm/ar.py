@@ -145,7 +145,8 @@ class ARBaseline(SignLanguageModel):
             no_mask = torch.zeros(bsz, 1, dtype=torch.bool, device=dev)
             one = torch.ones(bsz, 1, dtype=torch.bool, device=dev)
             for i in range(num_pos):
-                choice = torch.stack([pick_tokens(lg, temperature, generator)[0]
+                rows = torch.arange(bsz, device=dev)  # every row queried, in order
+                choice = torch.stack([pick_tokens(lg, temperature, generator, rows)[0]
                                       for lg in self.heads(h)], -1)  # b, 3
                 if pins is not None:
                     choice = torch.where(pins[:, i] >= 0, pins[:, i], choice)

@@ -234,7 +234,7 @@ class MaDiSModel(SignLanguageModel):
     @torch.inference_mode()
     def generate(self, texts: list[str], langs: list[str] | None = None, *,
                  num_steps: int | None = None, sampler: str | None = None,
-                 temperature: float | None = None, generator: torch.Generator | None = None,
+                 temperature: float | None = None, generator=None,
                  logits_masked_only: bool | None = None, text_kv_cache: bool | None = None,
                  drop_after_eos: bool | None = None, stage_kv_cache: bool | None = None,
                  length_first: bool | None = None, return_gates: bool = False, record: bool = False,
@@ -251,6 +251,9 @@ class MaDiSModel(SignLanguageModel):
         :class:`~madis.mdlm.config.ModelConfig`).
 
         Args:
+            generator: the sampling noise at ``temperature`` > 0: a ``torch.Generator``, or
+                one per text, so that each text's sample depends on its own seed alone (the
+                service seeds each request; :data:`~madis.mdlm.sampling.Generators`).
             pins: ``[B, N', 3]`` int (N' <= N), -1 where free: tokens kept as given, the rest
                 generated around them (:func:`~madis.mdlm.sampling.unmask`; body ``K_B`` pins
                 ``[EOS]``).

@@ -114,14 +114,37 @@ class SamplerOutput:
     steps: torch.Tensor | None = None
 
 
-def pick_tokens(logits: torch.Tensor, temperature: float,
-            generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+#: one generator for a whole batch, or one per batch row (each row's draws then depend on that
+#: row alone: a request's sample does not depend on the requests batched with it)
+Generators = "torch.Generator | Sequence[torch.Generator] | None"
+
+
+def _uniform(shape: tuple[int, ...], generator, rows: torch.Tensor | None,
+             device: torch.device) -> torch.Tensor:
+    """``U(0, 1)`` noise ``shape = (Q, C)``; with per-row generators, the draws of query rows
+    ``q`` with ``rows[q] == b`` (grouped by row, as ``query.nonzero()`` gives them) come from
+    ``generator[b]``."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator, device=device)
+    if rows is None:
+        raise ValueError("per-row generators need the batch row of every logits row")
+    counts = torch.bincount(rows.cpu(), minlength=len(generator)).tolist()
+    parts = [torch.rand((c, *shape[1:]), generator=g, device=device)
+             for g, c in zip(generator, counts) if c]
+    return torch.cat(parts) if parts else torch.rand(shape, device=device)
+
+
+def pick_tokens(logits: torch.Tensor, temperature: float, generator=None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick one class per row: greedy, or Gumbel-max at ``temperature`` (a sample of
     softmax(logits / temperature), as LLaDA's ``add_gumbel_noise``). Returns the class and its
-    log-probability under the un-noised model (the confidence, LLaDA low_confidence)."""
+    log-probability under the un-noised model (the confidence, LLaDA low_confidence).
+
+    ``generator``: a ``torch.Generator``, None, or one generator per batch row with ``rows``
+    ``[Q]`` (the batch row of each logits row, grouped by row) (see :data:`Generators`)."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     if temperature > 0:
-        u = torch.rand(logp.shape, generator=generator, device=logp.device).clamp_(1e-20, 1.0)
+        u = _uniform(tuple(logp.shape), generator, rows, logp.device).clamp_(1e-20, 1.0)
         choice = (logp + temperature * -torch.log(-torch.log(u))).argmax(-1)
     else:
         choice = logp.argmax(-1)
@@ -198,7 +221,7 @@ def pinned_state(pins: torch.Tensor, body_classes: int
 
 def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: int,
            checkpoints: Sequence[float], *, body_classes: int, temperature: float = 0.0,
-           generator: torch.Generator | None = None, drop_after_eos: bool = False,
+           generator=None, drop_after_eos: bool = False,
            length_first: bool = False, device: torch.device | str | None = None,
            on_stage_start: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
            on_stage_end: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
@@ -217,6 +240,8 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
     Args:
         predict: see :data:`Predictor`.
         body_classes: K_B + 2 (codes, ``[EOS]``, ``[PAD]``).
+        generator: for ``temperature`` > 0: one ``torch.Generator``, or one per row
+            (:data:`Generators`).
         drop_after_eos: after a step commits ``[EOS]``/``[PAD]`` at position e, every position
             after e is committed as ``[PAD]`` (output-changing speed-up).
         length_first: decide the length before any code (one extra all-position prediction
@@ -310,7 +335,9 @@ def unmask(predict: Predictor, batch_size: int, num_positions: int, num_steps: i
                 body = logits[0].clone()
                 body[:, eos:] = body[:, eos:].masked_fill(bar[:, None], -math.inf)
                 logits = (body, *logits[1:])
-            picks = [pick_tokens(lg, temperature, generator) for lg in logits]
+            rows = query.nonzero()[:, 0] if not isinstance(generator, (torch.Generator, type(None))) \
+                else None
+            picks = [pick_tokens(lg, temperature, generator, rows) for lg in logits]
             choice = torch.stack([c for c, _ in picks], -1)  # q, 3
             logp = torch.stack([lp for _, lp in picks], -1)  # q, 3
             if fixed is None:

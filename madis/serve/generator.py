@@ -109,9 +109,10 @@ class LoadedModel:
     def generate(self, requests: Sequence[GenerateRequest],
                  sinks: Sequence[Callable[[StageView], None] | None] | None = None
                  ) -> list[GenerationResult | RequestError]:
-        """Decode a batch; requests sharing ``(sampler, num_steps, threshold)`` and whether they
-        pin tokens run as one ``generate`` call (docs/design.md#reverse-process-eq-2, greedy
-        unless ``model.temperature`` > 0), so a request's answer never depends on its neighbours.
+        """Decode a batch; requests sharing ``(sampler, num_steps, threshold, temperature)`` and
+        whether they pin tokens run as one ``generate`` call (docs/design.md#reverse-process-eq-2),
+        each request sampling with its own seeded generator, so a request's answer never depends
+        on its neighbours.
 
         Args:
             sinks: per request, None or a callable that gets a :class:`StageView` after each
@@ -123,8 +124,9 @@ class LoadedModel:
         sinks = list(sinks) if sinks is not None else [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.sampler, r.num_steps, r.threshold, r.pin is not None), []).append(i)
-        for (sampler, steps, threshold, pinned), idx in groups.items():
+            groups.setdefault((r.sampler, r.num_steps, r.threshold, r.pin is not None,
+                               r.temperature), []).append(i)
+        for (sampler, steps, threshold, pinned, temperature), idx in groups.items():
             if sampler not in SAMPLERS:
                 for i in idx:
                     out[i] = RequestError(422, "unknown_sampler", f"unknown sampler {sampler!r}")
@@ -136,7 +138,9 @@ class LoadedModel:
                                           [requests[i].lang for i in idx],
                                           num_steps=steps, sampler=sampler, threshold=threshold,
                                           pins=self._pins([requests[i] for i in idx]) if pinned else None,
-                                          on_stage_end=on_stage)
+                                          on_stage_end=on_stage, temperature=temperature,
+                                          generator=[torch.Generator(device=self.model.device)
+                                                     .manual_seed(requests[i].seed) for i in idx])
             except ValueError as exn:  # e.g. fewer steps than this model's UTC stages
                 for i in idx:
                     out[i] = RequestError(422, "bad_settings", str(exn))

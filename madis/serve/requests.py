@@ -13,7 +13,9 @@ from dataclasses import dataclass
 SAMPLERS = ("utc", "vanilla")
 #: ``?format=`` values of ``POST /generate``
 OUTPUT_FORMATS = ("json", "pose", "gif")
-FIELDS = ("text", "lang", "num_steps", "sampler", "threshold", "pin")
+FIELDS = ("text", "lang", "num_steps", "sampler", "threshold", "pin", "temperature", "seed")
+#: largest ``"temperature"`` a request may ask for (beyond it a sample is noise)
+MAX_TEMPERATURE = 10.0
 #: parts of ``"pin"`` and the body's name for a pinned end of the sequence
 PIN_PARTS = ("body", "lhand", "rhand")
 PIN_EOS = "[EOS]"
@@ -66,6 +68,9 @@ class GenerateRequest:
         threshold: confidence threshold of the decoding (None: the model's ``model.threshold``).
         pin: ``((body, lhand, rhand), ...)`` per position up to the last pinned one, -1 where
             free and the body's ``K_B`` for ``[EOS]``; None without pins.
+        temperature: sampling temperature (None: the model's ``model.temperature``; 0 greedy).
+        seed: seeds this request's own sampling noise (default 0): the same request gives
+            the same answer, whatever it is batched with.
     """
 
     text: str
@@ -74,6 +79,8 @@ class GenerateRequest:
     sampler: str
     threshold: float | None = None
     pin: tuple[tuple[int, int, int], ...] | None = None
+    temperature: float | None = None
+    seed: int = 0
 
 
 def check_body_size(length: int, limits: Limits) -> None:
@@ -97,13 +104,15 @@ def parse_output_format(value: str | None) -> str:
 
 
 def parse_generate(body: bytes, limits: Limits) -> GenerateRequest:
-    """Parse and validate a ``POST /generate`` body ``{"text", "lang", "num_steps"?, "sampler"?}``.
+    """Parse and validate a ``POST /generate`` body ``{"text", "lang", "num_steps"?,
+    "sampler"?, "threshold"?, "pin"?, "temperature"?, "seed"?}``.
 
     Raises:
         RequestError: 413 body over ``max_body_bytes``; 400 body not UTF-8, not JSON, or not a
             JSON object; 422 a missing, unknown or mistyped field, empty or whitespace text,
             text over ``max_text_chars``, unknown language or sampler, ``num_steps`` out of
-            ``[min_num_steps[sampler], max_num_steps]``.
+            ``[min_num_steps[sampler], max_num_steps]``, a temperature outside
+            ``[0, MAX_TEMPERATURE]``, a seed that is not a non-negative integer.
     """
     check_body_size(len(body), limits)
     try:
@@ -162,8 +171,20 @@ def parse_generate(body: bytes, limits: Limits) -> GenerateRequest:
                                                      f"or null, got {_kind(threshold)}")
         threshold = float(threshold)
     pin = parse_pin(data["pin"], limits) if data.get("pin") is not None else None
+    temperature = data.get("temperature")
+    if temperature is not None:
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
+                or not 0 <= temperature <= MAX_TEMPERATURE:
+            raise RequestError(422, "bad_temperature", f"temperature must be a number in "
+                                                       f"[0, {MAX_TEMPERATURE}] (0: greedy) or "
+                                                       f"null, got {_kind(temperature)}")
+        temperature = float(temperature)
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 63:
+        raise RequestError(422, "bad_seed", f"seed must be an integer in [0, 2^63), got "
+                                            f"{_kind(seed)}")
     return GenerateRequest(text=text, lang=lang, num_steps=steps, sampler=sampler,
-                           threshold=threshold, pin=pin)
+                           threshold=threshold, pin=pin, temperature=temperature, seed=seed)
 
 
 def parse_pin(value, limits: Limits) -> tuple[tuple[int, int, int], ...] | None:
