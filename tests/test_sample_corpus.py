@@ -309,3 +309,17 @@ def test_pretrain_corpus_build_and_tokenize(tmp_path, capsys):
     assert is_up_to_date(tmp_path, pretrain_fingerprint(per_language=2))
     assert not is_up_to_date(tmp_path, pretrain_fingerprint(per_language=3))
     assert not is_up_to_date(tmp_path)  # not the sample corpus
+
+
+def test_spell_composes_any_word_as_the_sample_does(sample_root, tmp_path, capsys):
+    """`madis data spell` gives the same motion as the sample's own composed test word."""
+    test = {s["meta"]["text"]: s for s in iter_samples(str(sample_root), "test", shuffle=False)}
+    out = tmp_path / "austin.npy"
+    assert main(["data", "spell", "AUSTIN", "--lang", "ase", "-o", str(out)]) == 0
+    assert "A + U + S + T + I + N" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(out).astype(np.float16).astype(np.float32),
+                               test["AUSTIN"]["motion"], atol=0)
+    assert main(["data", "spell", "A1", "--lang", "ase", "-o", str(out)]) == 2
+    assert "'1'" in capsys.readouterr().err
+    assert main(["data", "spell", "AB", "--lang", "xyz", "-o", str(out)]) == 2
+    assert "no lexicon" in capsys.readouterr().err

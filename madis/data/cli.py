@@ -92,6 +92,16 @@ def add_parser(subparsers) -> None:
     k.add_argument("--out", required=True, help="output directory")
     k.set_defaults(func=cmd_build_soke)
 
+    sp = sub.add_parser("spell", help="fingerspell any word from the lexicon's clips (a reference)",
+                        description="Compose a word from the fingerspelling lexicon's letter clips, "
+                                    "as the sample corpus composes its words (longest-match units, "
+                                    "3-frame cross-fade, length rules): the reference to put beside "
+                                    "a generation (`madis render GEN.npy --reference REF.npy`).")
+    sp.add_argument("word")
+    sp.add_argument("--lang", required=True, help="sign-language code, e.g. ase")
+    sp.add_argument("-o", "--out", required=True, metavar="REF.npy", help="motion [T, 165] .npy")
+    sp.set_defaults(func=cmd_spell)
+
     i = sub.add_parser("inspect", help="counts per split and language, length histogram",
                        description="Read a shard set (directory, file:// or s3:// URL) and print "
                                    "sample counts per split and language and a length histogram.")
@@ -126,6 +136,17 @@ def cmd_build_sample(args: argparse.Namespace) -> int:
     m = build_sample_corpus(out, letter_rows=rows)
     print(f"{out}/: built " + ", ".join(f"{s} {v['samples']} samples in {len(v['shards'])} shards"
                                         for s, v in m["splits"].items()))
+    return 0
+
+
+def cmd_spell(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from madis.data.sample import spell
+
+    motion, _, units = spell(args.word, args.lang)
+    np.save(args.out, motion.astype(np.float32))
+    print(f"{args.out}: {args.word!r} [{args.lang}] = {' + '.join(units)}, {len(motion)} frames")
     return 0
 
 

@@ -378,6 +378,28 @@ def letter_row_units(entries: Sequence[LexiconEntry], i: int, clips: Mapping,
     return row
 
 
+def spell(word: str, lang: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Any word fingerspelled from the lexicon's clips, as the sample's words are composed:
+    its units by longest match, their clips cross-faded, the length rules applied.
+
+    Returns:
+        ``(motion [T, 165], valid [T, 3], units)`` in the keypoints format.
+    Raises:
+        ValueError: an unknown sign language, or a letter the language's lexicon lacks.
+        FileNotFoundError: spoken-to-signed is not installed.
+    """
+    entries = [e for e in read_lexicon() if e.lang == lang]
+    if not entries:
+        langs = sorted({e.lang for e in read_lexicon()})
+        raise ValueError(f"no lexicon for sign language {lang!r}; it has {langs}")
+    units = split_units(word, [e.text for e in entries])
+    mean_hands = corpus_mean_hands(read_pose_points(e.path) for e in read_lexicon())
+    by_text = {e.text: e for e in entries}
+    clips = [process_points(read_pose_points(by_text[u].path), mean_hands) for u in units]
+    motion, valid = apply_length_rules(*compose(clips))
+    return motion, valid, units
+
+
 def build_sample_corpus(out_dir: str | Path, max_bytes: int = SAMPLE_MAX_BYTES,
                         letter_rows: str = LETTER_ROWS[0]) -> dict:
     """Build the sample shards from the installed lexicon into ``out_dir``; return the manifest.
