@@ -68,7 +68,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from madis.data.sample import PRETRAIN_WORDS_PER_LANGUAGE
+
 REPO = Path(__file__).resolve().parent.parent
+
 ABLATIONS = REPO / "configs" / "ablations"
 
 #: (metric key, column label, decimals); the table's columns in order
@@ -434,10 +437,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", help="token shard root to reuse (skips the tokenizer job)")
     ap.add_argument("--storage", help="run storage (default: a fresh temporary directory); "
                                       "finished runs in it are reused")
-    ap.add_argument("--pseudo-words", type=int, default=0, metavar="K",
-                    help="also pretrain on K composed pseudo-words per sign language "
-                         "(madis.data.sample.build_pretrain_corpus; default 0: the sample "
-                         "alone, as `madis up`)")
+    ap.add_argument("--pseudo-words", type=int, default=PRETRAIN_WORDS_PER_LANGUAGE,
+                    metavar="K",
+                    help="pretrain on the sample plus K composed pseudo-words per sign language "
+                         "(madis.data.sample.build_pretrain_corpus), as `madis up` does "
+                         f"(default {PRETRAIN_WORDS_PER_LANGUAGE}; 0: the sample alone)")
     ap.add_argument("--json", help="write every seed's numbers and the timings here")
     ap.add_argument("--markdown", help="write the tables here")
     ap.add_argument("overrides", nargs="*", help="config overrides for every job")
