@@ -316,7 +316,10 @@ def start_ray(env: dict[str, str], num_cpus: int, temp_dir: str) -> str:
         return f"running ({DASHBOARD})"
     cmd = ["ray", "start", "--head", f"--num-cpus={num_cpus}", "--dashboard-host=127.0.0.1",
            "--node-ip-address=127.0.0.1", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # workers inherit RAY_ADDRESS: Ray Train's own actors otherwise look the cluster up among
+    # every Ray instance of the machine and fail when the user runs another one
+    out = subprocess.run(cmd, env={**env, "RAY_ADDRESS": GCS_ADDRESS}, capture_output=True,
+                         text=True, timeout=300)
     if out.returncode != 0:
         raise SystemExit(f"ray start failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return f"started ({DASHBOARD}, {num_cpus} CPUs, token authentication on)"
