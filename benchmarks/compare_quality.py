@@ -527,23 +527,36 @@ def main(argv=None) -> dict:
                           f"{scores['test']['sibleu4_hands']:.2f}, DTW-JPE hands "
                           f"{scores['test']['dtw_jpe_hands']:.2f} ({seconds:.0f} s to score)",
                           flush=True)
+                    # what a stopped benchmark has finished stays readable (a rerun with the
+                    # same --storage reuses the finished runs)
+                    write_results(args, rows, trained_rows, free_rows, refs, storage, tokens,
+                                  {**timings, "train (so far)": sum(runner.timings.values())},
+                                  partial=True)
             timings.update({f"train {k}": v for k, v in runner.timings.items()})
         finally:
             ray.shutdown()
+    timings["total"] = time.perf_counter() - t0
+    return write_results(args, rows, trained_rows, free_rows, refs, storage, tokens, timings)
+
+
+def write_results(args, rows: dict, trained_rows: dict, free_rows: list[str], refs: dict,
+                  storage: str, tokens: str, timings: dict, partial: bool = False) -> dict:
+    """Summarise the seeds done so far, print the tables (unless ``partial``) and write
+    ``--json`` / ``--markdown``; returns the result dictionary."""
     for name in trained_rows:
         seeds = rows[name]["seeds"]
         rows[name]["summary"] = {split: summarize({s: v["scores"][split] for s, v in seeds.items()})
                                  for split in SPLITS}
-    timings["total"] = time.perf_counter() - t0
-
-    head = (f"config {args.config} {' '.join(args.overrides)}; seeds {args.seeds}; "
-            f"commit {git_commit()}; test split {len(refs['test'])} clips, novel words "
-            f"{len(refs['novel'])}")
+    done = {n: sorted(rows[n]["seeds"]) for n in trained_rows}
+    head = (f"config {args.config} {' '.join(args.overrides)}; seeds {args.seeds}"
+            f"{f' (partial: {done})' if partial else ''}; commit {git_commit()}; test split "
+            f"{len(refs['test'])} clips, novel words {len(refs['novel'])}")
     markdown = markdown_tables(rows, [*trained_rows, *free_rows], head)
-    print("\n" + markdown)
-    print("\nwall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    if not partial:
+        print("\n" + markdown)
+        print("\nwall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     result = {"config": args.config, "overrides": list(args.overrides), "seeds": args.seeds,
-              "commit": git_commit(), "storage": storage, "tokens": tokens,
+              "partial": partial, "commit": git_commit(), "storage": storage, "tokens": tokens,
               "pseudo_words_per_language": args.pseudo_words,
               "samples": {k: len(v) for k, v in refs.items()}, "rows": rows,
               "timings_s": timings}
