@@ -97,6 +97,29 @@ def check_bounds(obj: Any, section_name: str, *, at_least_one: Sequence[str] = (
                 raise ConfigError(f"{section_name}.{name} must be {rule}, got {value}")
 
 
+def check_resources(value: Any, name: str) -> dict[str, float]:
+    """A field of custom Ray resources, ``{resource: amount}`` (e.g. ``{madis_train: 1}``), checked
+    and with float amounts; CPUs, GPUs and memory have fields of their own.
+
+    Raises:
+        ConfigError: not a mapping, an empty or built-in resource name, or an amount that is not a
+            number >= 0; the message names the field ``name`` (``section.field``).
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must map resource names to amounts, got {value!r}")
+    out = {}
+    for key, amount in value.items():
+        if not isinstance(key, str) or not key or key in ("CPU", "GPU", "memory"):
+            raise ConfigError(f"{name}: {key!r} is not a custom resource name (CPUs, GPUs and "
+                              f"memory have fields of their own)")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise ConfigError(f"{name}.{key} must be a number >= 0, got {amount!r}")
+        out[key] = float(amount)
+    return out
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError`."""
     data = dict(data or {})

@@ -602,6 +602,16 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Make this checkout's Ray token when missing and say where it is (never what it is)."""
+    path = ensure_ray_token(Paths(find_repo()).token).resolve()
+    print(f"[madis] this checkout's Ray cluster token: {path} (mode 0600; `madis up` uses it, "
+          f"cluster.yaml copies it to every node)\n"
+          f"        for the ray CLI: export " + " ".join(f"{k}={v}" for k, v in
+                                                    ray_auth_env(path).items()))
+    return 0
+
+
 def add_parser(subparsers) -> None:
     up = subparsers.add_parser(
         "up", help="run the whole pipeline on this machine (local S3 + Ray, 127.0.0.1)",
@@ -623,6 +633,13 @@ def add_parser(subparsers) -> None:
                     "cluster (found by its temp dir, so other Ray clusters of the machine stay "
                     "up) and the local S3 server. Built shards and storage/ are kept.")
     down.set_defaults(func=cmd_down)
+    token = subparsers.add_parser(
+        "token", help="make this checkout's Ray cluster token (if missing) and print its path",
+        description="Make this checkout's Ray authentication token when it has none "
+                    "(.madis/ray_auth_token: 32 random bytes as hex, mode 0600) and print its "
+                    "path, never the token. `madis up` starts its cluster with it; cluster.yaml "
+                    "copies it to every node; the ray CLI finds it through RAY_AUTH_TOKEN_PATH.")
+    token.set_defaults(func=cmd_token)
 
 
 def _argv_of(args: argparse.Namespace) -> list[str]:

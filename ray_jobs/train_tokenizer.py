@@ -4,7 +4,9 @@
     python ray_jobs/train_tokenizer.py --config paper --shards s3://corpus/shards \\
         --storage s3://runs --workers 8 --zero-stage 2 --steps 20000
 
-Set up: the shard manifest gives the motion format and z-score statistics. Train: the shared
+Set up: the shard manifest gives the motion format and z-score statistics; a format whose
+joints need a file (SMPL-X: the licensed model) is checked now, so a node without it fails before
+training, naming the path, instead of after it. Train: the shared
 loop (``madis.train.fit``) with ``TokenizerTask``; a re-submitted job resumes its run. Save: the
 final checkpoint's exported tokenizer encodes every split into token shards, and the val
 reconstruction MPJPE and codebook use are printed and stored as ``report.json`` in the run.
@@ -17,6 +19,7 @@ import argparse
 from madis import runs
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
+from madis.motion import get_format
 from madis.tokenizer import TokenizerConfig
 from madis.tokenizer.evaluate import evaluate_tokenizer
 from madis.tokenizer.task import TokenizerTask
@@ -42,6 +45,10 @@ def main(argv=None) -> dict:
     tok_cfg = section(tree, "tokenizer", TokenizerConfig)
     train_cfg = job_train_config(tree, "tokenizer", args)
     task = TokenizerTask.from_shards(tok_cfg, shards, shuffle_buffer=data.shuffle_buffer)
+    try:  # the val MPJPE after training needs joints: SMPL-X data needs the licensed model here
+        get_format(task.motion_format).check_joints()
+    except FileNotFoundError as exn:
+        raise SystemExit(f"train_tokenizer: {exn}") from None
 
     result = fit(task, train_cfg)
 

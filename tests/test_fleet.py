@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import fsspec
-import numpy as np
 import pytest
 import torch
 
 from madis.config import ConfigError, load_tree, section
-from madis.data.shards import Sample, read_manifest, write_shards
+from madis.data.shards import read_manifest
+from madis.data.testing import write_random_shards
 from madis.fleet import FleetConfig, read_best
 from madis.fleet.registry import (
     best_url, history_entry, record, update_best, write_bytes_atomic, write_json_atomic,
@@ -200,28 +200,16 @@ def test_storage_outage_is_retried_with_backoff_until_the_endpoint_answers():
 
 # --------------------------------------------------------------------------- shared tiny parts
 
-@pytest.fixture(scope="module")
-def tiny_run_parts(tmp_path_factory):
-    """Token shards (6 val samples, keypoints), a tokenizer, three finetune exports of one
-    architecture with different weights, a corrupt export and a SiCLIP evaluator."""
+def _run_parts(root: Path, fmt: str = "keypoints", exports: int = 3, siclip: bool = True) -> dict:
+    """Token shards (6 val samples of ``fmt``), a tokenizer, ``exports`` finetune exports of one
+    architecture with different weights, a corrupt export and (``siclip``) a SiCLIP evaluator."""
     from madis.metrics.siclip import SiCLIP, SiCLIPConfig
 
-    root = tmp_path_factory.mktemp("fleet")
-    rng = np.random.default_rng(0)
-
-    def sample(split, i):
-        frames = 40 + 4 * (i % 3)
-        motion = np.cumsum(rng.normal(0, 0.05, (frames, 165)), 0).astype(np.float16)
-        return Sample(key=f"{split}-{i}", text=WORDS[i % len(WORDS)], lang="ase", fps=25.0,
-                      source="test", motion=motion, valid=np.ones((frames, 3), bool))
-
-    write_shards(root / "motion", {"train": [sample("train", i) for i in range(4)],
-                                   "val": [sample("val", i) for i in range(6)]},
-                 motion_format="keypoints", fps=25.0, provenance="test", licence="test")
+    write_random_shards(root / "motion", fmt, texts=WORDS)
     stats = read_manifest(str(root / "motion"))["stats"]
     torch.manual_seed(0)
     tok = DecoupledTokenizer(TokenizerConfig(width=16, code_dim=8, codebook_sizes=(8, 16, 16),
-                                             depth=1), "keypoints", stats["mean"], stats["std"])
+                                             depth=1), fmt, stats["mean"], stats["std"])
     for cb in tok.codebooks:
         cb.copy_(torch.randn_like(cb))
     tok.eval().save_pretrained(str(root / "tokenizer"))
@@ -229,20 +217,28 @@ def tiny_run_parts(tmp_path_factory):
                        extra={"tokenizer_export": {"url": str(root / "tokenizer"), "step": 0}})
     task = MDLMTask.from_shards("finetune", model_config(load_tree("cpu-tiny", TINY_MODEL),
                                                          "finetune"), [str(root / "tokens")])
-    exports = []
-    for seed in range(3):
+    paths = []
+    for seed in range(exports):
         torch.manual_seed(seed)
         task.export(task.build_model(), str(root / f"export{seed}"))
-        exports.append(root / f"export{seed}")
-    shutil.copytree(exports[0], root / "corrupt")
+        paths.append(root / f"export{seed}")
+    shutil.copytree(paths[0], root / "corrupt")
     (root / "corrupt" / "model.safetensors").write_bytes(b"this is not a safetensors file")
-    torch.manual_seed(0)
-    siclip = SiCLIP(SiCLIPConfig(width=16, embed_dim=16, num_heads=2, motion_layers=1,
-                                 text_layers=1, max_positions=32, max_text_bytes=32),
-                    "keypoints", stats["mean"], stats["std"])
-    siclip.save_pretrained(str(root / "siclip"))
-    return {"root": root, "exports": exports, "corrupt": root / "corrupt",
-            "siclip": str(root / "siclip"), "task": task.describe()}
+    parts = {"root": root, "exports": paths, "corrupt": root / "corrupt", "task": task.describe()}
+    if siclip:
+        torch.manual_seed(0)
+        model = SiCLIP(SiCLIPConfig(width=16, embed_dim=16, num_heads=2, motion_layers=1,
+                                    text_layers=1, max_positions=32, max_text_bytes=32),
+                       fmt, stats["mean"], stats["std"])
+        model.save_pretrained(str(root / "siclip"))
+        parts["siclip"] = str(root / "siclip")
+    return parts
+
+
+@pytest.fixture(scope="module")
+def tiny_run_parts(tmp_path_factory):
+    """:func:`_run_parts` in the keypoints format."""
+    return _run_parts(tmp_path_factory.mktemp("fleet"))
 
 
 def _wait(predicate, what, timeout=180.0):
@@ -407,3 +403,27 @@ def test_eval_fleet_job_stops_when_the_run_ends_and_shares_the_step_axis(
     assert set(runs) == {".", "fleet"}
     assert [e.step for e in mux.Scalars(".", "train/loss")] == [1, 2]
     assert [e.step for e in mux.Scalars("fleet", "eval/utc/dtw_jpe_body")] == [2]
+
+
+@pytest.mark.ray
+def test_a_missing_smplx_model_is_a_failed_evaluation_not_a_crash(ray_local, tmp_path,
+                                                                   monkeypatch):
+    """SMPL-X checkpoints on a node without the licensed model: DTW-JPE cannot run, so each
+    checkpoint is recorded as failed with the expected path, and the fleet goes on."""
+    from madis.train.checkpoints import write_report
+
+    parts = _run_parts(tmp_path / "parts", "smplx133", exports=1, siclip=False)
+    missing = tmp_path / "no-smplx"
+    monkeypatch.setenv("MADIS_SMPLX_DIR", str(missing))
+    run = tmp_path / "storage" / "finetune"
+    for step in (1, 2):
+        write_checkpoint(str(run), step, parts["exports"][0], task=parts["task"])
+    write_report(str(run), {"step": 2})
+    report = job_module("eval_fleet").main([
+        "--storage", str(tmp_path / "storage"), "--actors", "1", "fleet.metric=dtw_jpe_body",
+        "fleet.mode=min", "fleet.siclip=", "fleet.cpus_per_actor=1", "fleet.poll_interval_s=0.2",
+        "fleet.render_samples=0", f"fleet.log_dir={tmp_path / 'tb'}", "fleet.batch_size=6"])
+    assert report["failed"] == [2] and report["evaluated"] == [] and report["superseded"] == [1]
+    assert report["stop_reason"] == "the training run ended" and report["best"] is None
+    (entry,) = read_best(str(run))["history"]
+    assert entry["status"] == "failed" and str(missing / "SMPLX_NEUTRAL.npz") in entry["error"]

@@ -74,6 +74,22 @@ def test_output_formats():
     assert info.value.status == 400
 
 
+def test_a_missing_model_file_is_a_503_that_keeps_its_path_private(tmp_path):
+    """?format=gif of SMPL-X motion on a node without the licensed model: 503 with the error
+    shape; the server path stays in the replica's log."""
+    import asyncio
+
+    from madis.motion.smplx133 import model_file
+    from madis.serve.app import _missing_file
+
+    with pytest.raises(FileNotFoundError) as missing:
+        model_file(tmp_path / "no-smplx")
+    reply = asyncio.run(_missing_file(None, missing.value))
+    error = json.loads(reply.body)["error"]
+    assert reply.status_code == 503 and error["code"] == "unavailable"
+    assert "SMPL-X" in error["message"] and str(tmp_path) not in error["message"]
+
+
 def test_serve_section_in_both_profiles_and_its_checks():
     for profile in ("cpu-tiny", "paper"):
         cfg = section(load_tree(profile), "serve", ServeConfig)

@@ -129,3 +129,24 @@ def test_two_workers_train_export_reloads_without_deepspeed_and_token_shards(
     batch = next(iter_batches(tokens_url, "val", 6, shuffle=False, with_tokens=True))
     assert torch.equal(batch["tokens"], reloaded)
     assert torch.equal(batch["token_mask"], batch["tokens"][..., 0] >= 0)
+
+
+def test_a_missing_smplx_model_fails_the_job_before_training(tmp_path, monkeypatch,
+                                                             smplx_model_dir):
+    """The job's val MPJPE needs SMPL-X joints after training: without the licensed model on
+    this node it stops before training, naming the path where the model was looked for."""
+    from conftest import job_module
+    from madis.data.testing import write_random_shards
+    from madis.motion import get_format
+
+    write_random_shards(tmp_path / "motion", "smplx133")
+    missing = tmp_path / "no-smplx"
+    monkeypatch.setenv("MADIS_SMPLX_DIR", str(missing))
+    with pytest.raises(SystemExit) as stop:
+        job_module("train_tokenizer").main(["--shards", str(tmp_path / "motion"), "--storage",
+                                            str(tmp_path / "runs"), "--steps", "2"])
+    assert f"expected {missing / 'SMPLX_NEUTRAL.npz'}" in str(stop.value)
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+    monkeypatch.setenv("MADIS_SMPLX_DIR", str(smplx_model_dir))
+    get_format("smplx133").check_joints()  # with the model there, the job would go on
+    get_format("keypoints").check_joints()  # keypoints need no file

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from madis.config import ConfigError, check_bounds
+from madis.config import ConfigError, check_bounds, check_resources
 
 SAMPLERS = ("utc", "vanilla")
 MODES = ("max", "min")
@@ -25,6 +25,12 @@ class FleetConfig:
             none, so the fleet fits beside a training job that holds every CPU of a small
             machine (cpu-tiny: 2 cores, 2 training workers) and shares the cores with it.
         gpus_per_actor: GPUs per actor (0 on CPU nodes; a fraction shares one GPU).
+        resources_per_actor: custom Ray resources each actor requests, which pins actors to the
+            nodes offering them: ``{madis_eval: 1}`` in the paper profile (``cluster.yaml``'s
+            eval/serve nodes); ``{}`` anywhere.
+        start_timeout_s: how long the actors may wait for a node to run on, at the start and
+            after a node was lost (an autoscaler boots GPU nodes in minutes); 0 waits for ever,
+            logging what it waits for.
         poll_interval_s: seconds between two listings of the run's storage when idle.
         metric: key of the checkpoint's metrics that ranks checkpoints in ``best.json``: a
             metric of :func:`madis.metrics.evaluate` (``siclip_s2t_R@1``, ``dtw_jpe_body``...)
@@ -64,6 +70,8 @@ class FleetConfig:
     actors: int = 2
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    resources_per_actor: dict[str, float] = field(default_factory=dict)
+    start_timeout_s: float = 0.0
     poll_interval_s: float = 5.0
     metric: str = "siclip_s2t_R@1"
     mode: str = "max"
@@ -101,9 +109,12 @@ class FleetConfig:
                                    "max_actor_failures"),
                      non_negative=("num_steps", "val_samples", "render_samples", "until_step",
                                    "seed", "idle_timeout_s", "cpus_per_actor", "gpus_per_actor",
+                                   "start_timeout_s",
                                    "storage_backoff_s"),
                      positive=("poll_interval_s", "batch_timeout_s", "render_frames",
                                "render_size"))
+        self.resources_per_actor = check_resources(self.resources_per_actor,
+                                                   "fleet.resources_per_actor")
         if not self.metric:
             raise ConfigError("fleet.metric must name a metric, e.g. siclip_s2t_R@1")
         prefix = self.metric.split("/", 1)[0] if "/" in self.metric else None

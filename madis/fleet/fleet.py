@@ -22,8 +22,12 @@ once). The coordinator gathers the decoded motion, computes the metrics
 Failures. A checkpoint whose export cannot be loaded (corrupt or missing files, removed by the
 run's ``keep_checkpoints`` meanwhile) or whose decoding raises is recorded as ``failed`` with the
 error and skipped. An actor that dies (``ray.kill``, a crashed process, a lost node) is replaced
-by a new one and its batch is redone; after ``max_actor_failures`` deaths on one checkpoint it is
-recorded as failed. An actor silent for ``batch_timeout_s`` is killed and replaced. Storage
+by a new one and its batch is redone once the new actor runs, which may wait for a node (an
+autoscaler booting one; ``start_timeout_s``, 0 = for ever, as for the first actors); after
+``max_actor_failures`` deaths on one checkpoint it is recorded as failed. An actor silent for
+``batch_timeout_s`` on a batch it runs is killed and replaced. Metrics that cannot be computed
+on this node (e.g. DTW-JPE of SMPL-X data without the licensed model) fail the checkpoint, not
+the fleet. Storage
 reads and writes are retried with exponential backoff. The fleet only reads checkpoints; it
 writes ``best.json`` and ``tensorboard/fleet/`` and nothing else, so it cannot disturb training.
 """
@@ -148,6 +152,11 @@ class EvalFleet:
         self._val: dict[tuple[str, ...], ValidationSet] = {}
         self._siclip = None
         self._dashboard: Dashboard | None = None
+        #: ``ready()`` refs of actors not started yet (waiting for a node) -> their index
+        self._starting: dict[Any, int] = {}
+        self._starting_since: float | None = None
+        self._starting_logged = -1
+        self._start_deaths = 0  # actors that died while starting, in a row
         self._doc: dict | None = None
 
     # -- public ---------------------------------------------------------------------------------
@@ -185,8 +194,9 @@ class EvalFleet:
         """Load the SiCLIP model, read ``best.json``, open the dashboard, start the actors.
 
         Raises:
-            FleetError: the SiCLIP model does not load, or the actors cannot be scheduled
-                within 10 minutes (the cluster lacks CPUs/GPUs for them).
+            FleetError: the SiCLIP model does not load, or the actors find no node within
+                ``start_timeout_s`` (when set; otherwise they wait for one, e.g. while an
+                autoscaler boots it, and the log says what they wait for).
         """
         import ray
 
@@ -218,16 +228,63 @@ class EvalFleet:
         if not ray.is_initialized():
             ray.init()
         self.actors = [self._new_actor() for _ in range(cfg.actors)]
+        self._starting = {a.ready.remote(): i for i, a in enumerate(self.actors)}
         try:
-            ray.get([a.ready.remote() for a in self.actors], timeout=600)
-        except ray.exceptions.GetTimeoutError:
+            while self._starting and not self._stop.is_set():
+                self._wait_starting(5.0)
+        except FleetError:
             self.close()
-            raise FleetError(f"{cfg.actors} fleet actors of {cfg.cpus_per_actor} CPU and "
-                             f"{cfg.gpus_per_actor} GPU could not be scheduled in 10 minutes: "
-                             f"the cluster lacks the resources (see `ray status`)") from None
+            raise
         log.info("eval fleet on %s: %d actors, metric %s (%s), samplers %s", self.run_url,
                  cfg.actors, cfg.metric, cfg.mode, cfg.samplers)
         self.started.set()
+
+    def _wait_starting(self, timeout_s: float) -> list[int]:
+        """Wait up to ``timeout_s`` for actors that are starting (``self._starting``: their
+        ``ready()`` refs); returns the indices that became ready. An actor that died while
+        starting (its node was lost) is replaced and waited for again.
+
+        Raises:
+            FleetError: an actor has waited longer than ``start_timeout_s`` (when set), or
+                actors died while starting more than ``max_actor_failures`` times in a row
+                (e.g. a constructor that fails).
+        """
+        import ray
+
+        cfg = self.cfg
+        if self._starting_since is None:
+            self._starting_since, self._starting_logged = time.monotonic(), -1
+        ready, _ = ray.wait(list(self._starting), num_returns=len(self._starting),
+                            timeout=timeout_s)
+        up = []
+        for ref in ready:
+            i = self._starting.pop(ref)
+            try:
+                ray.get(ref)
+                up.append(i)
+                self._start_deaths = 0
+            except ray.exceptions.RayActorError as exn:  # e.g. its node was lost meanwhile
+                self._start_deaths += 1
+                if self._start_deaths > cfg.max_actor_failures:
+                    raise FleetError(f"fleet actors died while starting {self._start_deaths} "
+                                     f"times in a row; the last: {exn}") from exn
+                self._replace_actor(i, f"died while starting ({type(exn).__name__})")
+        if not self._starting:
+            self._starting_since = None
+            return up
+        waited = time.monotonic() - self._starting_since
+        wants = (f"{cfg.cpus_per_actor:g} CPU, {cfg.gpus_per_actor:g} GPU"
+                 + "".join(f", {v:g} {k}" for k, v in cfg.resources_per_actor.items()))
+        if cfg.start_timeout_s and waited > cfg.start_timeout_s:
+            raise FleetError(f"{len(self._starting)} fleet actors ({wants} each) found no node "
+                             f"in {cfg.start_timeout_s:g} s (fleet.start_timeout_s): the "
+                             f"cluster lacks the resources (see `ray status`)")
+        if int(waited // 60) != self._starting_logged:  # once a minute
+            self._starting_logged = int(waited // 60)
+            log.info("waiting for %d fleet actors (%s each) to start: %.0f s so far (no node "
+                     "with these resources free yet? an autoscaler may be booting one)",
+                     len(self._starting), wants, waited)
+        return up
 
     def close(self) -> None:
         """Release the actors and close the dashboard."""
@@ -355,7 +412,7 @@ class EvalFleet:
 
         cfg = self.cfg
         opts: dict[str, Any] = {"num_cpus": cfg.cpus_per_actor, "num_gpus": cfg.gpus_per_actor,
-                                "max_restarts": 0}
+                                "resources": dict(cfg.resources_per_actor), "max_restarts": 0}
         if self.env:
             opts["runtime_env"] = {"env_vars": dict(self.env)}
         device = "cuda" if cfg.gpus_per_actor > 0 else "cpu"
@@ -369,6 +426,8 @@ class EvalFleet:
         log.warning("fleet actor %d %s: replacing it", i, why)
         ray.kill(self.actors[i])
         self.actors[i] = self._new_actor()
+        # it gets batches once it runs: a batch's timeout must not count a node's boot time
+        self._starting[self.actors[i].ready.remote()] = i
         self.summary.actors_replaced += 1
 
     def _decode_all(self, ckpt: CheckpointInfo, val: ValidationSet
@@ -384,7 +443,7 @@ class EvalFleet:
         spec = RenderSpec(val.motion_format, val.fps, cfg.render_frames, cfg.render_size)
         results: dict[str, dict] = {s: {} for s in cfg.samplers}
         in_flight: dict[Any, tuple[int, _Batch, float]] = {}
-        idle = list(range(len(self.actors)))
+        idle = [i for i in range(len(self.actors)) if i not in self._starting.values()]
         deaths, error = 0, None
         while (queue and error is None) or in_flight:
             while queue and idle and error is None:
@@ -399,6 +458,10 @@ class EvalFleet:
                 self._in_flight = {i: (b.sampler, b.index) for i, b, _ in in_flight.values()}
             if self._stop.is_set():
                 return None
+            if self._starting:
+                idle += self._wait_starting(0 if in_flight else 0.5)
+                if not in_flight:
+                    continue
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=0.5)
             for ref in ready:
                 i, batch, _ = in_flight.pop(ref)
@@ -414,8 +477,7 @@ class EvalFleet:
                         batch.attempts += 1
                         self.summary.batches_redone += 1
                         queue.appendleft(batch)
-                    idle.append(i)
-                    continue
+                    continue  # the new actor joins `idle` once it runs
                 except ray.exceptions.RayTaskError as exn:
                     cause = getattr(exn, "cause", None) or exn
                     if is_transient(cause) and batch.attempts < cfg.storage_attempts:
@@ -445,7 +507,7 @@ class EvalFleet:
         try:
             for sampler in cfg.samplers:
                 per_sampler[sampler], _ = checkpoint_metrics(decoded[sampler], val, self._siclip)
-        except ValueError as exn:
+        except (ValueError, FileNotFoundError) as exn:  # e.g. no SMPL-X model for DTW-JPE
             return self._failed(ckpt, f"metrics: {exn}")
         landed = self._retry(lambda: _mtime(f"{ckpt.url}/{COMPLETE}"), "stat COMPLETE")
         if landed is None:  # pruned meanwhile: best.json must never name a removed checkpoint

@@ -93,6 +93,15 @@ class MotionFormat(ABC):
     def joints(self, motion: np.ndarray) -> dict[str, np.ndarray]:
         """Joint positions for metrics: ``[T, D]`` -> dict part -> ``[T, J_p, 3]`` (``units``)."""
 
+    def check_joints(self) -> None:
+        """Fail now if :meth:`joints` cannot run on this machine: a job calls it before training
+        when it will need joints afterwards (metrics, rendering). Formats that need no file
+        return; see the subclasses.
+
+        Raises:
+            FileNotFoundError: a file :meth:`joints` needs is missing; the message names its path.
+        """
+
 
 _REGISTRY: dict[str, MotionFormat] = {}
 

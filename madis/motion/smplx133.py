@@ -186,6 +186,11 @@ class SMPLX133(MotionFormat):
     def __init__(self, model_dir: str | os.PathLike | None = None):
         self.model_dir = model_dir
 
+    def check_joints(self) -> None:
+        """Raises FileNotFoundError naming the expected SMPL-X model path when the licensed file
+        is not on this machine (see :func:`model_file`)."""
+        model_file(self.model_dir)
+
     def joints(self, motion: np.ndarray, model_dir: str | os.PathLike | None = None):
         """``[T, 133]`` -> ``{"body": [T,13,3], "lhand": [T,21,3], "rhand": [T,21,3]}`` (m).
 

@@ -87,6 +87,16 @@ async def _http_error(_: Request, exn: StarletteHTTPException) -> JSONResponse:
     return _error(exn.status_code, codes.get(exn.status_code, "http_error"), str(exn.detail))
 
 
+@api.exception_handler(FileNotFoundError)
+async def _missing_file(_: Request, exn: FileNotFoundError) -> JSONResponse:
+    # a file the node must hold, e.g. the licensed SMPL-X model for ?format=gif/pose or screen=1;
+    # its path goes to the replica's log, not to clients
+    log.error("request needs a file this node lacks: %s", exn)
+    return _error(503, "unavailable", "this output needs a model file that the serving node "
+                  "lacks (e.g. the licensed SMPL-X model; see README, Troubleshooting); "
+                  "JSON tokens and motion still work")
+
+
 @api.exception_handler(Exception)
 async def _internal_error(_: Request, exn: Exception) -> JSONResponse:
     log.exception("request failed")
@@ -341,7 +351,8 @@ def build_app(cfg: ServeConfig, run_url: str | None = None, checkpoint: str | No
         }}
     return TextToSign.options(
         max_ongoing_requests=cfg.max_ongoing_requests, **scaling,
-        ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+        ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus,
+                           "resources": dict(cfg.replica_resources)},
     ).bind(to_dict(cfg), run_url, checkpoint)
 
 
@@ -352,7 +363,8 @@ def deploy(cfg: ServeConfig, run_url: str | None = None, checkpoint: str | None 
     Serve's controller is a detached actor, so the application keeps serving after the
     calling driver (e.g. a ``ray job submit`` job) exits; redeploying replaces it in place.
     """
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+                proxy_location=cfg.proxy_location)
     serve.run(build_app(cfg, run_url, checkpoint), name=cfg.app_name,
               route_prefix=cfg.route_prefix, blocking=False)
     return base_url(cfg)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from madis.config import ConfigError, check_bounds
+from madis.config import ConfigError, check_bounds, check_resources
+
+#: Ray Serve's proxy placements (``ray.serve.config.ProxyLocation``)
+PROXY_LOCATIONS = ("HeadOnly", "EveryNode", "Disabled")
 
 
 @dataclass
@@ -24,6 +27,9 @@ class ServeConfig:
 
     HTTP (cluster-wide: fixed when Serve first starts on a cluster):
         host, port: where Serve's proxy listens; loopback unless told otherwise.
+        proxy_location: Serve's ``proxy_location``: ``HeadOnly`` (one proxy, on the head node,
+            which routes to replicas on any node: reach it through a tunnel to the head),
+            ``EveryNode`` or ``Disabled``.
         app_name, route_prefix: the Serve application's name and URL prefix.
 
     Scaling (Ray Serve ``autoscaling_config``):
@@ -33,6 +39,9 @@ class ServeConfig:
         max_ongoing_requests: requests one replica accepts at once (at least
             ``max_batch_size``, or batches could never fill).
         replica_cpus, replica_gpus: Ray resources of one replica; a GPU replica runs on CUDA.
+        replica_resources: custom Ray resources of one replica, which pin replicas to the nodes
+            offering them: ``{madis_eval: 1}`` in the paper profile (``cluster.yaml``'s
+            eval/serve nodes); ``{}`` anywhere.
         torch_threads: intra-op threads of one replica (1 keeps replicas from fighting over
             cores on a small machine).
 
@@ -57,6 +66,7 @@ class ServeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8000
+    proxy_location: str = "HeadOnly"
     app_name: str = "madis"
     route_prefix: str = "/"
 
@@ -68,6 +78,7 @@ class ServeConfig:
     max_ongoing_requests: int = 32
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
+    replica_resources: dict[str, float] = field(default_factory=dict)
     torch_threads: int = 1
 
     max_batch_size: int = 8
@@ -94,6 +105,11 @@ class ServeConfig:
             raise ConfigError(f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be "
                               f">= serve.max_batch_size ({self.max_batch_size}): a replica could "
                               f"never fill a batch")
+        self.replica_resources = check_resources(self.replica_resources,
+                                                 "serve.replica_resources")
+        if self.proxy_location not in PROXY_LOCATIONS:
+            raise ConfigError(f"serve.proxy_location must be one of {PROXY_LOCATIONS}, got "
+                              f"{self.proxy_location!r}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"serve.port must be in 1..65535, got {self.port}")
         if not self.route_prefix.startswith("/"):

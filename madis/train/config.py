@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from madis.config import ConfigError, check_bounds, job_section
+from madis.config import ConfigError, check_bounds, check_resources, job_section
 
 
 @dataclass
@@ -23,6 +23,9 @@ class TrainConfig:
             ``AWS_ENDPOINT_URL``) that holds ``{run_name}/checkpoint_<step>/``.
         workers: Ray Train workers (data-parallel ranks).
         cpus_per_worker: CPUs Ray reserves per worker.
+        resources_per_worker: custom Ray resources each worker requests besides its CPUs and GPU,
+            which pins workers to the nodes offering them: ``{madis_train: 1}`` in the paper
+            profile (``cluster.yaml``'s training nodes offer one per GPU); ``{}`` anywhere.
         use_gpu: one GPU per worker, NCCL; otherwise CPU and gloo.
         zero_stage: DeepSpeed ZeRO stage, 0..3.
         bf16: bf16 mixed precision (DeepSpeed ``bf16.enabled``); meant for GPUs.
@@ -52,6 +55,7 @@ class TrainConfig:
     storage_path: str = "storage"
     workers: int = 2
     cpus_per_worker: int = 1
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
     use_gpu: bool = False
     zero_stage: int = 2
     bf16: bool = False
@@ -82,6 +86,8 @@ class TrainConfig:
                      non_negative=("steps", "epochs", "warmup_steps", "checkpoint_every",
                                    "keep_checkpoints", "max_failures"),
                      positive=("lr",))
+        self.resources_per_worker = check_resources(self.resources_per_worker,
+                                                    "train.resources_per_worker")
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
         if not self.run_name or "/" in self.run_name:

@@ -322,6 +322,9 @@ class _Worker:
             config=deepspeed_config(cfg))
         self.state = _restore(self.engine, self.rank, self.world) or TrainState(world_size=self.world)
         self.writer = self.pbar = self.writer_dir = None
+        if self.rank == 0 and self.state.step:
+            print(f"[madis] {cfg.run_name}: resumed from the checkpoint at step "
+                  f"{self.state.step} of {self.planned}", flush=True)
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
             from tqdm import tqdm
@@ -518,7 +521,8 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
         train_worker,
         train_loop_config={"task": task, "train": cfg, "run_url": url, "env": env},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker,
+                                                           **cfg.resources_per_worker}),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
             name=cfg.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
