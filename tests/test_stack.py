@@ -44,6 +44,24 @@ def test_ray_token_is_made_private_once_and_kept(tmp_path):
         ensure_ray_token(tmp_path / "empty")
 
 
+
+def test_madis_token_makes_the_checkout_token_and_prints_its_path_never_the_token(tmp_path):
+    checkout = tmp_path / "checkout"  # a checkout as find_repo knows one
+    (checkout / "ray_jobs").mkdir(parents=True)
+    (checkout / "ray_jobs" / "pretrain.py").touch()
+    (checkout / "configs").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_TOKEN_PATH"}
+    out = subprocess.run([MADIS, "token"], cwd=checkout, env={**env, "HOME": str(tmp_path)},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    path = (checkout / ".madis" / "ray_auth_token").resolve()
+    token = path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and token not in out.stdout
+    assert f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={path}" in out.stdout
+    again = subprocess.run([MADIS, "token"], cwd=checkout / "configs", env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and path.read_text() == token  # kept, found from a subfolder
+
 @pytest.mark.ray
 def test_a_fresh_home_starts_ray_with_the_checkout_token_and_refuses_others(tmp_path):
     """``ray start --head`` from an empty HOME with token authentication on (fails without a
