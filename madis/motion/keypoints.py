@@ -396,11 +396,10 @@ def read_pose_points(source: str | os.PathLike | bytes | BinaryIO, person: int =
             estimated[:, j] = ok.all(-1)
             got.append(lm)
         missed = [lm for lm in lacking if lm not in got]
-        notes.append(f"{layout.body} lacks {', '.join(lacking)}: "
-                     + (f"{', '.join(got)} estimated from {layout.face}" if got else "")
-                     + ("; " if got and missed else "")
-                     + (f"{', '.join(missed)} on their parent points" if missed else "")
-                     + " (body marked invalid)")
+        how = [f"{', '.join(got) if missed else 'estimated'} from {layout.face}"] if got else []
+        how += [f"{', '.join(missed) if got else 'placed'} on their parent points"] if missed else []
+        notes.append(f"{layout.body} lacks {', '.join(lacking)}: {'; '.join(how)} "
+                     "(not detections: the body is invalid)")
     if dims < 3:
         notes.append("2-D file: z = 0")
     return HolisticPoints(xyz=xyz, present=present, fps=clip_fps, estimated=estimated,
