@@ -1,6 +1,9 @@
 """MaDiS's masked diffusion language model: tri-level losses (3.2), UTC fine-tuning (3.3.1),
 MoP embeddings (3.3.2) and multi-head decoding (4).
 
+:meth:`MaDiSModel.generate` runs the sampler (:mod:`madis.mdlm.sampling`) with the model side of
+each step in :mod:`madis.mdlm.step_decoder`.
+
 The input is ``x = [y ; EOS ; z]``: L text tokens, the separator, N sign positions. The model has
 no t input (RADD): it predicts masked tokens from the unmasked ones
 (docs/design.md#reverse-process-eq-2).
@@ -9,7 +12,6 @@ no t input (RADD): it predicts masked tokens from the unmasked ones
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
@@ -22,13 +24,9 @@ from madis.mdlm.config import ModelConfig
 from madis.mdlm.embedding import SignEmbedding
 from madis.mdlm.heads import LatentProjector, MultiPartHead
 from madis.mdlm.losses import diffusion_token_loss, latent_loss, physical_loss, sign_nll
-from madis.mdlm.masking import (
-    sample_mask_ratio,
-    uniform_mask,
-    utc_index_mask,
-    utc_stage_of_positions,
-)
+from madis.mdlm.masking import sample_mask_ratio, uniform_mask, utc_index_mask
 from madis.mdlm.sampling import truncate_at_eos, unmask
+from madis.mdlm.step_decoder import DecodeOptions, StepDecoder
 from madis.motion.base import FRAMES_PER_POSITION, PARTS, get_format
 
 STAGES = ("pretrain", "finetune")
@@ -277,7 +275,7 @@ class MaDiSModel(SignLanguageModel):
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         if temperature is not None and not temperature >= 0:  # NaN fails too
             raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-        opts = _DecodeOptions(
+        opts = DecodeOptions(
             logits_masked_only=_pick(logits_masked_only, cfg.logits_masked_only),
             text_kv_cache=_pick(text_kv_cache, cfg.text_kv_cache) and not cfg.text_attends_sign,
             drop_after_eos=_pick(drop_after_eos, cfg.drop_after_eos),
@@ -294,7 +292,7 @@ class MaDiSModel(SignLanguageModel):
         self.eval()
         try:
             text = self.encode_texts(texts, langs)
-            dec = _StepDecoder(self, text, checkpoints, opts)
+            dec = StepDecoder(self, text, checkpoints, opts)
             out = unmask(
                 dec.predict, len(texts), cfg.num_positions, num_steps or cfg.num_steps,
                 checkpoints, body_classes=self.vocab.body_classes,
@@ -317,148 +315,6 @@ class MaDiSModel(SignLanguageModel):
 
 def _pick(value: bool | None, default: bool) -> bool:
     return default if value is None else bool(value)
-
-
-@dataclass
-class _DecodeOptions:
-    logits_masked_only: bool
-    text_kv_cache: bool
-    drop_after_eos: bool
-    stage_kv_cache: bool
-    #: threshold decoding: a step runs only the rows with a position to decide (rows that
-    #: finished the stage early wait for the others without computing)
-    skip_idle_rows: bool = False
-
-
-class _StepDecoder:
-    """The model side of one ``generate`` call: the sampler's ``predict`` with the speed-ups.
-
-    Holds the text embeddings (text is never masked at inference), the exact text-prefix
-    key/value cache when text attends only to text, and the approximate per-stage cache.
-    """
-
-    def __init__(self, model: MaDiSModel, text: TextBatch, checkpoints: list[float],
-                 opts: _DecodeOptions) -> None:
-        self.m, self.text, self.opts = model, text, opts
-        self.num_pos = model.cfg.num_positions
-        self.lt = text.ids.shape[1]
-        self.embed = model.embed_tokens()
-        self.tables = None if model.cfg.embedding == "simple_avg" else model.sign_embedding.tables()
-        self.text_emb = self.embed(text.ids)
-        self.pos = positions(text, self.num_pos)
-        self.stage_of = utc_stage_of_positions(self.num_pos, checkpoints, text.ids.device)
-        self.eos = model.vocab.eos_class
-        self.text_cache: DynamicCache | None = None
-        self.stage_cache: DynamicCache | None = None
-        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._full: DynamicCache | None = None
-        if opts.text_kv_cache:
-            self.text_cache = DynamicCache(config=model.backbone.config)
-            model.hidden(self.text_emb, text.valid, self.pos[:, : self.lt], self.text_cache)
-
-    def alive(self, tokens: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
-        """Sign positions still in the computation ``[B, N]``: all, or with ``drop_after_eos``
-        those up to the first committed [EOS]/[PAD]."""
-        pos = torch.arange(self.num_pos, device=tokens.device)
-        if not self.opts.drop_after_eos:
-            return torch.ones_like(masked)
-        ended = ~masked & (tokens[..., 0] >= self.eos)
-        first = torch.where(ended, pos, self.num_pos).min(1).values
-        return pos[None, :] <= first[:, None]
-
-    def stage_start(self, stage: int, tokens: torch.Tensor, masked: torch.Tensor) -> None:
-        """Full forward over every live position; keep the keys/values of the positions outside
-        this stage (text, earlier stages' tokens, later stages' [M]) for the stage's steps.
-        The pass's own outputs serve the stage's first step, which they compute exactly."""
-        m, lt = self.m, self.lt
-        alive = self.alive(tokens, masked)
-        ns = int(alive.sum(1).max())
-        cols = torch.arange(ns, device=tokens.device)
-        h = self._run(tokens, masked, alive, cols, keep_cache=True)
-        self.pending = (h, cols)
-        in_stage = self.stage_of[:ns] == stage
-        self.active, self.other = cols[in_stage], cols[~in_stage]
-        keep = torch.cat([torch.arange(lt, device=cols.device), lt + self.other])
-        self.stage_cache = DynamicCache(config=m.backbone.config)
-        for i, layer in enumerate(self._full.layers):
-            self.stage_cache.update(layer.keys[:, :, keep], layer.values[:, :, keep], i)
-        if self.text_cache is not None:
-            self.text_cache.crop(-ns)
-        self._full = None
-
-    def _run(self, tokens: torch.Tensor, masked: torch.Tensor, alive: torch.Tensor,
-             cols: torch.Tensor, keep_cache: bool = False) -> torch.Tensor:
-        """Hidden states ``[B, len(cols), d]`` of sign positions ``cols`` (a prefix ``0..ns-1``
-        unless a stage cache supplies the other positions' keys/values)."""
-        m, lt = self.m, self.lt
-        emb, _ = m.sign_embedding(tokens[:, cols], masked[:, cols], self.embed, self.tables)
-        pos = self.pos[:, lt + cols]
-        if self.stage_cache is not None and not keep_cache:
-            attn = torch.cat([self.text.valid, alive[:, self.other], alive[:, cols]], 1)
-            h = m.hidden(emb, attn, pos, self.stage_cache)
-            self.stage_cache.crop(-len(cols))
-        elif self.text_cache is not None:
-            attn = torch.cat([self.text.valid, alive[:, cols]], 1)
-            h = m.hidden(emb, attn, pos, self.text_cache)
-            if keep_cache:
-                self._full = self.text_cache
-            else:
-                self.text_cache.crop(-len(cols))
-        else:
-            cache = DynamicCache(config=m.backbone.config) if keep_cache else None
-            x = torch.cat([self.text_emb, emb], 1)
-            attn = m.attention_mask(self.text.valid, alive[:, cols])
-            h = m.hidden(x, attn, torch.cat([self.pos[:, :lt], pos], 1), cache)[:, lt:]
-            self._full = cache
-        return h
-
-    def predict(self, tokens: torch.Tensor, masked: torch.Tensor,
-                query: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        alive = self.alive(tokens, masked)
-        if self.pending is not None:
-            (h, cols), self.pending = self.pending, None
-        elif self.stage_cache is not None:
-            # the stage's own positions, up to the last row's first [EOS]
-            cols = self.active[alive[:, self.active].any(0)]
-            h = self._run(tokens, masked, alive, cols)
-        else:
-            # with drop_after_eos the sequence ends at the last row's first [EOS]
-            cols = torch.arange(int(alive.sum(1).max()), device=tokens.device)
-            busy = query.any(1)
-            if self.opts.skip_idle_rows and not bool(busy.all()):
-                return self._predict_rows(busy.nonzero()[:, 0], tokens, masked, alive, cols,
-                                          query)
-            h = self._run(tokens, masked, alive, cols)
-        q = query[:, cols]  # every queried position is among cols
-        if self.opts.logits_masked_only:
-            return self.m.heads(h[q])
-        return tuple(lg[q] for lg in self.m.heads(h))
-
-
-    def _predict_rows(self, rows: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor,
-                      alive: torch.Tensor, cols: torch.Tensor,
-                      query: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """:meth:`predict` computed on ``rows`` only (the rows holding every query); the other
-        rows' caches and inputs are left as they are."""
-        m, lt = self.m, self.lt
-        text = self.text
-        emb, _ = m.sign_embedding(tokens[rows][:, cols], masked[rows][:, cols], self.embed,
-                                  self.tables)
-        pos = self.pos[rows]
-        if self.text_cache is not None:
-            cache = DynamicCache(config=m.backbone.config)
-            for i, layer in enumerate(self.text_cache.layers):
-                cache.update(layer.keys[rows], layer.values[rows], i)
-            attn = torch.cat([text.valid[rows], alive[rows][:, cols]], 1)
-            h = m.hidden(emb, attn, pos[:, lt + cols], cache)
-        else:
-            x = torch.cat([self.text_emb[rows], emb], 1)
-            attn = m.attention_mask(text.valid[rows], alive[rows][:, cols])
-            h = m.hidden(x, attn, torch.cat([pos[:, :lt], pos[:, lt + cols]], 1))[:, lt:]
-        q = query[rows][:, cols]
-        if self.opts.logits_masked_only:
-            return self.m.heads(h[q])
-        return tuple(lg[q] for lg in self.m.heads(h))
 
 
 def decoder_reach(tokenizer: Any) -> int:
