@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from madis.mdlm import MaDiSModel
-from madis.mdlm.losses import IGNORE, diffusion_token_loss, latent_loss, physical_loss, sign_nll
+from madis.mdlm.losses import (
+    IGNORE, decoder_reach, diffusion_token_loss, latent_loss, pack_rows, physical_loss,
+    physical_space_loss, sign_nll,
+)
 from madis.mdlm.testing import tiny_batch, tiny_config, tiny_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -144,7 +147,7 @@ def test_packed_physical_loss_equals_decoding_the_padded_batch(parts):
     real = torch.arange(12)[None, :] < n[:, None]
     masked_real = (torch.rand(real.shape, generator=g) < 0.6) & real
     phi = [torch.randn(*real.shape, d, generator=g, requires_grad=True) for d in tok.code_dims]
-    packed = model._physical(batch, phi, rows, masked_real, n)
+    packed = physical_space_loss(tok, batch, phi, rows, masked_real, n)
     grads = torch.autograd.grad(packed, phi)
     ref = _padded_physical(tok, batch, phi, rows, masked_real, n)
     ref_grads = torch.autograd.grad(ref, phi)
@@ -154,15 +157,13 @@ def test_packed_physical_loss_equals_decoding_the_padded_batch(parts):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
     # the motion shorter than 4 x the longest row (the reader pads to the batch's clips)
     short = dict(batch, motion=batch["motion"][:, :44], mask=batch["mask"][:, :44])
-    assert model._physical(short, phi, rows, masked_real, n).item() == \
+    assert physical_space_loss(tok, short, phi, rows, masked_real, n).item() == \
         pytest.approx(_padded_physical(tok, short, phi, rows, masked_real, n).item(), rel=1e-5)
 
 
 def test_pack_rows_gap_keeps_rows_apart_in_the_decoder(parts):
     """With the decoder's reach as the gap, a packed row decodes exactly as alone; without a
     gap its frames near the ends take in the neighbouring rows."""
-    from madis.mdlm.model import decoder_reach, pack_rows
-
     tok, _ = parts
     g = torch.Generator().manual_seed(0)
     z = torch.randn(2, 6, tok.code_dims[1], generator=g)

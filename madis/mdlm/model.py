@@ -23,11 +23,11 @@ from madis.mdlm.base import Generation, SignLanguageModel, TextBatch, positions
 from madis.mdlm.config import ModelConfig
 from madis.mdlm.embedding import SignEmbedding
 from madis.mdlm.heads import LatentProjector, MultiPartHead
-from madis.mdlm.losses import diffusion_token_loss, latent_loss, physical_loss, sign_nll
+from madis.mdlm.losses import diffusion_token_loss, latent_loss, physical_space_loss, sign_nll
 from madis.mdlm.masking import sample_mask_ratio, uniform_mask, utc_index_mask
 from madis.mdlm.sampling import truncate_at_eos, unmask
 from madis.mdlm.step_decoder import DecodeOptions, StepDecoder
-from madis.motion.base import FRAMES_PER_POSITION, PARTS, get_format
+from madis.motion.base import PARTS
 
 STAGES = ("pretrain", "finetune")
 
@@ -160,7 +160,7 @@ class MaDiSModel(SignLanguageModel):
                 l_latent = latent_loss([f[masked_real] for f in phi],
                                        [r[masked_real] for r in true_rows])
             if cfg.physical_loss:
-                l_phys = self._physical(batch, phi, true_rows, masked_real, n)
+                l_phys = physical_space_loss(self.tokenizer, batch, phi, true_rows, masked_real, n)
 
         if stage == "pretrain":
             total = (cfg.token_weight * l_token + cfg.latent_weight * l_latent
@@ -192,41 +192,6 @@ class MaDiSModel(SignLanguageModel):
             cb = cb.detach().to(self.device, torch.float32)
             rows.append(cb[targets[..., p].clamp(0, cb.shape[0] - 1)])
         return rows
-
-    def _physical(self, batch: Mapping[str, Any], phi: list[torch.Tensor],
-                  true_rows: list[torch.Tensor], masked_real: torch.Tensor,
-                  n: torch.Tensor) -> torch.Tensor:
-        """Eq. 5: decode ``phi_p(h_i)`` at masked positions and the true code rows elsewhere
-        through the frozen decoders; L1 on the frames of masked positions.
-
-        Only the real positions are decoded: the rows are packed into one sequence
-        (:func:`pack_rows`) with zero gaps wide enough that the decoders, which re-zero padded
-        steps after every layer, give each clip's frames exactly as if it were decoded alone
-        over all ``4N`` frames (the training batch is mostly short clips, so this is several
-        times less decoder work than ``[B, 4N]``).
-        """
-        if "motion" not in batch or "mask" not in batch:
-            raise ValueError("the physical loss needs batch['motion'] and batch['mask']")
-        tok = self.tokenizer
-        gap = decoder_reach(tok)
-        f = FRAMES_PER_POSITION
-        real = torch.arange(masked_real.shape[1], device=n.device)[None, :] < n[:, None]
-        latents = [pack_rows(torch.where(masked_real[..., None], z.float(), r), n, gap)
-                   for z, r in zip(phi, true_rows)]
-        recon = tok.decode_latents(latents, normalized=True,
-                                   token_mask=pack_rows(real, n, gap))
-        motion = batch["motion"].to(self.device, torch.float32)
-        frame_ok = batch["mask"].to(self.device).bool()
-        short = f * int(n.max()) - motion.shape[1] if n.numel() else 0
-        if short > 0:
-            motion = F.pad(motion, (0, 0, 0, short))
-            frame_ok = F.pad(frame_ok, (0, short))
-        target = tok.normalize(pack_rows(motion, f * n, f * gap))
-        frames = masked_real.repeat_interleave(f, dim=1)[:, : motion.shape[1]]
-        frames = pack_rows(frames & frame_ok[:, : frames.shape[1]], f * n, f * gap)
-        fmt = tok.motion_format
-        fmt = get_format(fmt) if isinstance(fmt, str) else fmt
-        return physical_loss(recon, target, frames, fmt.part_index)
 
     # ------------------------------------------------------------------ inference
     @torch.inference_mode()
@@ -315,29 +280,3 @@ class MaDiSModel(SignLanguageModel):
 
 def _pick(value: bool | None, default: bool) -> bool:
     return default if value is None else bool(value)
-
-
-def decoder_reach(tokenizer: Any) -> int:
-    """Sign positions one layer of the tokenizer's decoders reads on either side: the widest
-    dilation of its ResNet1D stacks (``dilation_growth_rate ** (depth - 1)``), at least 1.
-
-    At the 2x and 4x up-sampled resolutions a gap of this many positions spans 2x and 4x as
-    many steps, while no layer reaches further than this many steps, so it is wide enough at
-    every layer.
-    """
-    cfg = tokenizer.config
-    return max(1, int(cfg.dilation_growth_rate) ** (int(cfg.depth) - 1))
-
-
-def pack_rows(x: torch.Tensor, lengths: torch.Tensor, gap: int) -> torch.Tensor:
-    """Concatenate the first ``lengths[b]`` steps of every row of ``x [B, L, ...]``, each
-    followed by ``gap`` zero (False) steps, into one row ``[1, sum(lengths) + B * gap, ...]``.
-
-    Differentiable in ``x``. With a convolution stack that zeroes padded steps after every
-    layer and reaches at most ``gap`` steps per layer, every row's outputs are the same as in
-    the padded batch (see :meth:`MaDiSModel._physical`).
-    """
-    pieces = []
-    for row, k in zip(x, lengths.tolist()):
-        pieces += [row[:k], row.new_zeros((gap, *row.shape[1:]))]
-    return torch.cat(pieces)[None]
