@@ -1,6 +1,8 @@
 """MaDiS's masked diffusion language model: tri-level losses (3.2), UTC fine-tuning (3.3.1),
 MoP embeddings (3.3.2) and multi-head decoding (4).
 
+:meth:`MaDiSModel.loss` reads in the paper's order (masking: eq. 1 or UTC's index masks, then
+eq. 3, 4, 5 and the total), the losses themselves are in :mod:`madis.mdlm.losses`;
 :meth:`MaDiSModel.generate` runs the sampler (:mod:`madis.mdlm.sampling`) with the model side of
 each step in :mod:`madis.mdlm.step_decoder`.
 
@@ -90,10 +92,11 @@ class MaDiSModel(SignLanguageModel):
     # ------------------------------------------------------------------ training
     def loss(self, batch: Mapping[str, Any], stage: str = "pretrain", *,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Training loss of one batch (paper 3.2 pretraining, 3.3 fine-tuning).
+        """Training loss of one batch (paper 3.2 pretraining, 3.3 fine-tuning,
+        docs/design.md#pretraining-losses-eq-3-5).
 
         ``pretrain``: t ~ U(eps, 1], text (if ``mask_text``) and sign positions masked with
-        probability t; ``L_pre = w_tok L_token + w_lat L_latent + w_phys L_phys``.
+        probability t (eq. 1); ``L_pre = w_tok L_token + w_lat L_latent + w_phys L_phys``.
         ``finetune``: text never masked, sign masks from UTC's index masks;
         ``L_ft = w_tok L_token + lambda (w_lat L_latent + w_phys L_phys)``.
 
@@ -113,32 +116,29 @@ class MaDiSModel(SignLanguageModel):
         """
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        cfg, vocab, dev = self.cfg, self.vocab, self.device
+        cfg, dev = self.cfg, self.device
         text = self.encode_texts(batch["text"], batch.get("lang"))
         targets, n = self.sign_targets(batch["tokens"], batch["token_mask"])
         bsz, num_pos = targets.shape[:2]
         lt = text.ids.shape[1]
-        t = sample_mask_ratio(bsz, cfg.mask_eps, generator=generator, device=dev)
-        if stage == "pretrain":
-            sign_masked = uniform_mask(t, (bsz, num_pos), generator=generator)
-            not_sep = torch.arange(lt, device=dev)[None, :] < lt - 1
-            text_masked = uniform_mask(t, (bsz, lt), generator=generator) & text.valid & not_sep
-            if not cfg.mask_text:
-                text_masked = torch.zeros_like(text_masked)
-        else:
-            sign_masked = utc_index_mask(t, num_pos, cfg.utc_checkpoints, generator=generator)
-            text_masked = torch.zeros_like(text.valid)
+        real = torch.arange(num_pos, device=dev)[None, :] < n[:, None]
 
+        # eq. 1 / UTC: the mask ratio t and the [M] positions x_t
+        t, text_masked, sign_masked = self._masks(stage, text, num_pos, generator)
+        masked_real = sign_masked & real
+        # one pass of the backbone over x_t = [y ; EOS ; z] with the masked positions as [M]
         embed = self.embed_tokens()
         sign_emb, gates = self.sign_embedding(targets.clamp(min=0), sign_masked, embed)
-        x = torch.cat([embed(text.ids.masked_fill(text_masked, vocab.mask_id)), sign_emb], 1)
+        x = torch.cat([embed(text.ids.masked_fill(text_masked, self.vocab.mask_id)), sign_emb], 1)
         sign_valid = torch.ones(bsz, num_pos, dtype=torch.bool, device=dev)
         h = self.hidden(x, self.attention_mask(text.valid, sign_valid), positions(text, num_pos))
         h_text, h_sign = h[:, :lt], h[:, lt:]
+        zero = h.sum() * 0.0
 
-        # eq. 3: text positions through the (tied) LM head over the text vocabulary only
+        # eq. 3: masked text positions through the (tied) LM head over the text vocabulary
+        # only, masked sign positions through the three part heads
         rt, ct = text_masked.nonzero(as_tuple=True)
-        text_logits = self.backbone.lm_head(h_text[rt, ct])[:, : vocab.text_size]
+        text_logits = self.backbone.lm_head(h_text[rt, ct])[:, : self.vocab.text_size]
         nll_text = F.cross_entropy(text_logits.float(), text.ids[rt, ct], reduction="none")
         rs, cs = sign_masked.nonzero(as_tuple=True)
         sign_logits = self.heads(h_sign[rs, cs])
@@ -146,22 +146,23 @@ class MaDiSModel(SignLanguageModel):
         l_token = diffusion_token_loss(torch.cat([nll_text, nll]), torch.cat([rt, rs]), t,
                                        (text.lengths + num_pos).float())
 
-        real = torch.arange(num_pos, device=dev)[None, :] < n[:, None]
-        masked_real = sign_masked & real
-        zero = h.sum() * 0.0
+        # eq. 4 and 5 both read phi_p(h_i) and the true code rows C_p[z_i^p]
         l_latent, l_phys = zero, zero
         if cfg.latent_loss or cfg.physical_loss:
             if self.tokenizer is None:
                 raise ValueError("latent/physical losses need the motion tokenizer: pass it to the "
                                  "model or set model.latent_loss/physical_loss to false")
             phi = self.latent(h_sign)  # 3 x [b, n, d_p]
-            true_rows = self._code_rows(targets)  # 3 x [b, n, d_p]
+            code_rows = self._code_rows(targets)  # 3 x [b, n, d_p]
+            # eq. 4
             if cfg.latent_loss:
                 l_latent = latent_loss([f[masked_real] for f in phi],
-                                       [r[masked_real] for r in true_rows])
+                                       [r[masked_real] for r in code_rows])
+            # eq. 5
             if cfg.physical_loss:
-                l_phys = physical_space_loss(self.tokenizer, batch, phi, true_rows, masked_real, n)
+                l_phys = physical_space_loss(self.tokenizer, batch, phi, code_rows, masked_real, n)
 
+        # the total (docs/design.md#the-total-loss)
         if stage == "pretrain":
             total = (cfg.token_weight * l_token + cfg.latent_weight * l_latent
                      + cfg.physical_weight * l_phys)
@@ -183,6 +184,28 @@ class MaDiSModel(SignLanguageModel):
             g = gates[shown].mean(0).detach()
             metrics.update({f"gate_{p}": g[i] for i, p in enumerate(PARTS)})
         return total, metrics
+
+    def _masks(self, stage: str, text: TextBatch, num_pos: int,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, ...]:
+        """Eq. 1 (pretraining) or UTC's index masks (fine-tuning, docs/design.md#index-masks).
+
+        Returns:
+            ``t`` ``[B]`` mask ratios in ``(eps, 1]``, ``text_masked`` bool ``[B, Lt]`` (never the
+            separator or padding; all False when fine-tuning or without ``model.mask_text``),
+            ``sign_masked`` bool ``[B, N]``.
+        """
+        cfg, dev = self.cfg, self.device
+        bsz, lt = text.ids.shape
+        t = sample_mask_ratio(bsz, cfg.mask_eps, generator=generator, device=dev)
+        if stage == "finetune":
+            sign_masked = utc_index_mask(t, num_pos, cfg.utc_checkpoints, generator=generator)
+            return t, torch.zeros_like(text.valid), sign_masked
+        sign_masked = uniform_mask(t, (bsz, num_pos), generator=generator)
+        not_sep = torch.arange(lt, device=dev)[None, :] < lt - 1
+        text_masked = uniform_mask(t, (bsz, lt), generator=generator) & text.valid & not_sep
+        if not cfg.mask_text:
+            text_masked = torch.zeros_like(text_masked)
+        return t, text_masked, sign_masked
 
     def _code_rows(self, targets: torch.Tensor) -> list[torch.Tensor]:
         """Detached codebook rows ``C_p[z^p]`` ``[B, N, d_p]`` of the tokenizer (eq. 4 targets);
