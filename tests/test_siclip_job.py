@@ -48,7 +48,8 @@ def test_task_trains_evaluates_and_exports_without_ray(shards, tmp_path):
     model.eval()
     with torch.no_grad():
         val = task.evaluate(model, rank=0, world_size=1)
-    assert set(val) == {"val_s2t_R@1", "val_s2t_R@5"} and val["val_s2t_R@5"] == 100.0
+    assert set(val) == {"s2t_R@1", "s2t_R@5", "samples"} and val["s2t_R@5"] == 100.0
+    assert val["samples"] == 4  # one retrieval batch (of up to 45) holding the 4 val samples
     task.export(model, str(tmp_path / "export"))
     again = SiCLIPTask.load(str(tmp_path / "export"))
     assert torch.equal(again.mean, model.mean)

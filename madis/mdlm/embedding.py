@@ -115,9 +115,9 @@ class SignEmbedding(nn.Module):
         gates = None
         if self.variant != "simple_avg":
             gates = out.new_zeros(out.shape[:-1] + (3,), dtype=torch.float32)
+        # no early return when no position holds a code: under ZeRO-3 every rank must run the
+        # same submodules (each forward gathers their partitioned weights from all ranks)
         rows, cols = (~(masked | special)).nonzero(as_tuple=True)
-        if rows.numel() == 0:
-            return out, gates
         codes = torch.stack([tokens[rows, cols, p].clamp(0, vocab.codebook_sizes[p] - 1)
                              for p in range(3)], -1)  # m, 3
         if self.variant == "simple_avg":

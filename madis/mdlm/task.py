@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -190,6 +191,7 @@ class MDLMTask(Task):
         train_samples: train samples over all shard sets (for steps per epoch).
         splits: per shard set, samples per split.
         val_batches: validation batches per rank and shard set (0: the whole val split).
+        val_batch_size: samples per validation batch.
         val_generate: also decode the val texts (``generate``, the config's sampler) and report
             position-wise token accuracy and length error of the generations.
         shuffle_buffer: the reader's shuffle buffer.
@@ -205,6 +207,7 @@ class MDLMTask(Task):
     train_samples: int = 0
     splits: list[dict[str, int]] = field(default_factory=list)
     val_batches: int = 0
+    val_batch_size: int = 32
     val_generate: bool = True
     shuffle_buffer: int = 256
     job: dict[str, Any] = field(default_factory=dict)
@@ -268,43 +271,44 @@ class MDLMTask(Task):
     def batch_samples(self, batch):
         return len(batch["text"])
 
-    def evaluate(self, model, *, rank, world_size):
-        """Val metrics of this rank's share of every shard set's val split: the stage's loss
-        terms and masked-position body accuracy under fixed masks, and (``val_generate``) the
-        token accuracy and length error of decoded val texts (see :func:`token_accuracy`)."""
+    def validation_batches(self, *, rank, world_size):
+        """This rank's share of every shard set's val split, in batches of ``val_batch_size``
+        (at most ``val_batches`` per shard set), samples cut to N positions."""
         from madis.data.shards import collate, iter_samples
 
-        mdl = model.model
-        device = mdl.device
-        totals: dict[str, float] = {}
-        batches = 0
-        gen_hits = gen_total = len_err = gen_n = 0
         for root, sp in zip(self.shards, self.splits):
             if not sp.get("val"):
                 continue
-            samples = [truncate_sample(s, self.config.num_positions)
-                       for s in iter_samples(root, "val", rank=rank, world_size=world_size,
-                                             shuffle=False, with_tokens=True)]
-            size = 32
-            for i in range(0, len(samples), size):
-                if self.val_batches and i // size >= self.val_batches:
-                    break
-                batch = collate(samples[i: i + size], with_tokens=True)
-                g = torch.Generator(device=device).manual_seed(VAL_SEED + i)
-                _, metrics = mdl.loss(batch, self.stage, generator=g)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + float(v)
-                batches += 1
-                if self.val_generate:
-                    out = mdl.generate(batch["text"], batch["lang"])
-                    hits, total = token_accuracy(out.tokens, batch["tokens"], batch["token_mask"])
-                    gen_hits, gen_total = gen_hits + hits, gen_total + total
-                    len_err += float((out.lengths.cpu() - batch["token_mask"].sum(1)).abs().sum())
-                    gen_n += len(batch["text"])
-        out = {k: v / batches for k, v in totals.items()} if batches else {}
-        if gen_total:
-            out["token_acc"] = gen_hits / gen_total
-            out["length_error"] = len_err / gen_n
+            samples = iter_samples(root, "val", rank=rank, world_size=world_size, shuffle=False,
+                                   with_tokens=True)
+            group, made = [], 0
+            for s in samples:
+                group.append(truncate_sample(s, self.config.num_positions))
+                if len(group) == self.val_batch_size:
+                    yield collate(group, with_tokens=True)
+                    group, made = [], made + 1
+                    if self.val_batches and made >= self.val_batches:
+                        break
+            else:
+                if group:
+                    yield collate(group, with_tokens=True)
+
+    def validation_step(self, model, batch):
+        """The stage's loss terms and masked-position body accuracy under fixed masks (seeded
+        by the batch's keys, so the same at every checkpoint whichever rank holds the batch),
+        and with ``val_generate`` the token accuracy and length error of the decoded val texts
+        (:func:`token_accuracy`), decoded with the config's sampler and switches."""
+        mdl = model.model
+        seed = VAL_SEED + zlib.crc32("\n".join(batch["key"]).encode())
+        g = torch.Generator(device=mdl.device).manual_seed(seed)
+        _, metrics = mdl.loss(batch, self.stage, generator=g)
+        b = len(batch["text"])
+        out = {k: (v * b, b) for k, v in metrics.items()}
+        if self.val_generate:
+            gen = mdl.generate(batch["text"], batch["lang"])
+            out["token_acc"] = token_accuracy(gen.tokens, batch["tokens"], batch["token_mask"])
+            err = (gen.lengths.cpu() - batch["token_mask"].sum(1).cpu()).abs().sum()
+            out["length_error"] = (err, b)
         return out
 
     def export(self, model, directory):

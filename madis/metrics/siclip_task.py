@@ -72,30 +72,28 @@ class SiCLIPTask(Task):
         train = self.splits.get("train", 0)
         return train // world_size // batch_size or None
 
-    def evaluate(self, model, *, rank, world_size):
-        """Val R@1/R@5 (sign-to-text, full set) over this rank's share of the val split.
-
-        Each rank ranks only its own val samples, so the averaged numbers are over a candidate
-        set ``world_size`` times smaller than the split (easier); the job's final report ranks
-        the whole test split.
-        """
+    def validation_batches(self, *, rank, world_size):
+        """This rank's share of the val split in consecutive batches of
+        ``retrieval_batch_size`` (45: the released protocol's retrieval batches)."""
         from madis.data.shards import iter_batches
-        from madis.metrics.evaluation import siclip_retrieval
 
         if not self.splits.get("val"):
-            return {}
-        motions, texts = [], []
-        for batch in iter_batches(self.shards, "val", 64, rank=rank, world_size=world_size,
-                                  shuffle=False):
-            for m, mask, text in zip(batch["motion"], batch["mask"], batch["text"]):
-                motions.append(m[mask].numpy())
-                texts.append(text)
-        if len(texts) < 2:
-            return {}
-        module = getattr(model, "module", model)
-        res = siclip_retrieval(module, motions, texts)
-        return {"val_s2t_R@1": res["siclip_s2t_R@1"]["value"],
-                "val_s2t_R@5": res["siclip_s2t_R@5"]["value"]}
+            return []
+        return iter_batches(self.shards, "val", self.config.retrieval_batch_size, rank=rank,
+                            world_size=world_size, shuffle=False)
+
+    def validation_step(self, model, batch):
+        """Sign-to-text R@1/R@5 (%) among the batch's own texts (the ``_b45`` protocol of
+        :func:`~madis.metrics.evaluation.siclip_retrieval`), weighted by its samples. The job's
+        final report ranks the whole test split. A batch of one sample ranks nothing and counts
+        for nothing (it still runs the forwards: ZeRO-3 keeps the ranks in step)."""
+        from madis.metrics.evaluation import siclip_retrieval
+
+        motions = [m[mask].cpu().numpy() for m, mask in zip(batch["motion"], batch["mask"])]
+        res = siclip_retrieval(model, motions, batch["text"], batch_size=len(motions))
+        n = len(motions) if len(motions) >= 2 else 0
+        return {"s2t_R@1": (res["siclip_s2t_R@1"]["value"] * n, n),
+                "s2t_R@5": (res["siclip_s2t_R@5"]["value"] * n, n)}
 
     def export(self, model, directory):
         model.save_pretrained(directory)

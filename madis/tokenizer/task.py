@@ -54,7 +54,7 @@ class TokenizerTask(Task):
         shards: shard root (local dir or ``s3://...``).
         motion_format, mean, std: from the manifest.
         train_samples: samples in the train split (for steps per epoch).
-        val_batches: batches per rank used by :meth:`evaluate` (0: the whole val split).
+        val_batches: validation batches per rank (0: the whole val split).
         shuffle_buffer: the reader's shuffle buffer (``data.shuffle_buffer``).
     """
 
@@ -110,23 +110,23 @@ class TokenizerTask(Task):
             return None
         return math.ceil(self.train_samples / world_size / batch_size)
 
-    def evaluate(self, model, *, rank, world_size):
-        """Mean val reconstruction loss (z-scored SmoothL1) of this rank's val batches."""
+    def validation_batches(self, *, rank, world_size):
+        """This rank's share of the val split in batches of 16 (at most ``val_batches``)."""
+        from itertools import islice
+
         from madis.data.shards import iter_batches
 
         if not self.splits.get("val"):
-            return {}
-        device = next(model.parameters()).device
-        total, n = 0.0, 0
-        for i, batch in enumerate(iter_batches(self.shards, "val", 16, rank=rank,
-                                               world_size=world_size, shuffle=False)):
-            if self.val_batches and i >= self.val_batches:
-                break
-            out = model(batch["motion"].to(device), batch["mask"].to(device),
-                        batch["valid"].to(device))
-            total += float(out.recon_loss)
-            n += 1
-        return {"recon_loss": total / n} if n else {}
+            return []
+        batches = iter_batches(self.shards, "val", 16, rank=rank, world_size=world_size,
+                               shuffle=False)
+        return islice(batches, self.val_batches) if self.val_batches else batches
+
+    def validation_step(self, model, batch):
+        """The z-scored SmoothL1 reconstruction loss, weighted by the batch's samples."""
+        out = model(batch["motion"], batch["mask"], batch["valid"])
+        n = len(batch["text"])
+        return {"recon_loss": (out.recon_loss * n, n)}
 
     def export(self, model, directory):
         model.save_pretrained(directory)

@@ -45,6 +45,8 @@ class TrainConfig:
         log_every: TensorBoard scalars and progress-bar update every this many steps.
         max_failures: worker-group restarts from the latest checkpoint before the run fails.
         max_bad_steps: consecutive non-finite losses (each batch skipped) that stop the run.
+        collective_timeout_s: a collective (all-reduce, a ZeRO-3 all-gather) waiting this long
+            for another rank fails the worker instead of hanging (``TorchConfig.timeout_s``).
         seed: seeds model init, per-step randomness and the batch order.
         log_dir: local TensorBoard root; events go to ``{log_dir}/{run_name}`` and are copied
             to ``{storage_path}/{run_name}/tensorboard`` at every checkpoint.
@@ -73,6 +75,7 @@ class TrainConfig:
     log_every: int = 10
     max_failures: int = 2
     max_bad_steps: int = 5
+    collective_timeout_s: int = 1800
     seed: int = 0
     log_dir: str = "runs"
     progress: bool = True
@@ -82,7 +85,7 @@ class TrainConfig:
             raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         check_bounds(self, "train",
                      at_least_one=("workers", "cpus_per_worker", "batch_size", "log_every",
-                                   "max_bad_steps"),
+                                   "max_bad_steps", "collective_timeout_s"),
                      non_negative=("steps", "epochs", "warmup_steps", "checkpoint_every",
                                    "keep_checkpoints", "max_failures"),
                      positive=("lr",))

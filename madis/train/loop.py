@@ -41,7 +41,7 @@ from madis.train.checkpoints import (
     checkpoint_dir_name, latest_checkpoint, prune_checkpoints,
 )
 from madis.train.config import TrainConfig
-from madis.train.task import Task, skip, to_device
+from madis.train.task import Task, ValTotals, skip, to_device
 
 #: environment passed from the driver to the workers (S3 endpoint and credentials)
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
@@ -404,7 +404,8 @@ class _Worker:
             if self.pbar is not None:
                 self.pbar.update(1)
             if checkpoint_now:
-                val = _evaluate(self.engine, self.task, self.rank, self.world, self.device)
+                val = validate(self.engine, self.task, self.rank, self.world, self.device,
+                               cfg.zero_stage)
                 if self.writer is not None:
                     for k, v in val.items():  # val_loss -> val/loss (the metadata keeps val_loss)
                         name = k[len("val_"):] if k.startswith("val_") else k
@@ -435,22 +436,41 @@ class _Worker:
         self._reset_window()
 
 
-def _evaluate(engine, task: Task, rank: int, world: int, device) -> dict[str, float]:
-    """``task.evaluate`` on every rank, each value averaged over the ranks that returned it
-    (a rank may have no validation data, so key sets can differ)."""
+def validate(engine, task: Task, rank: int, world: int, device, zero_stage: int) -> dict[str, float]:
+    """Validation over every rank's :meth:`Task.validation_batches`, each sample counted once.
+
+    Under ZeRO-3 every forward of the training engine all-gathers partitioned weights, a
+    collective, so ranks with different numbers of validation batches (or a decoding loop whose
+    forwards depend on the batch) would wait on each other until the collective timeout. The
+    weights are therefore gathered once for the whole validation and the engine's hooks taken
+    off (DeepSpeed's ``unwrap_model_for_generation``, the same full copy per rank as the export
+    makes): each rank then validates its own batches with no collective, and one
+    ``all_gather_object`` adds up every rank's ``(sum, count)`` totals (:class:`ValTotals`).
+
+    Returns:
+        ``{val_<name>: sum / count}`` and ``val_samples`` (samples validated, all ranks);
+        empty when no rank has validation data.
+    """
+    from contextlib import nullcontext
+
+    from deepspeed.runtime.zero import unwrap_model_for_generation
+
     module = engine.module
-    module.eval()
-    try:
-        with torch.no_grad():
-            mine = {k if k.startswith("val") else f"val_{k}": float(v)
-                    for k, v in task.evaluate(module, rank=rank, world_size=world).items()}
-    finally:
-        module.train()
-    gathered: list[dict[str, float]] = [{} for _ in range(world)]
-    _dist().all_gather_object(gathered, mine)
-    keys = sorted({k for d in gathered for k in d})
-    return {k: sum(d[k] for d in gathered if k in d) / sum(k in d for d in gathered)
-            for k in keys}
+    was_training = module.training
+    totals = ValTotals()
+    with unwrap_model_for_generation(engine) if zero_stage == 3 else nullcontext():
+        module.eval()
+        try:
+            with torch.no_grad():
+                for batch in task.validation_batches(rank=rank, world_size=world):
+                    totals.add(task.validation_step(module, to_device(batch, device)),
+                               task.batch_samples(batch))
+        finally:
+            module.train(was_training)
+    gathered: list[ValTotals | None] = [None] * world
+    _dist().all_gather_object(gathered, totals)
+    return {k if k.startswith("val") else f"val_{k}": v
+            for k, v in ValTotals.merged(gathered).result().items()}
 
 
 # -- driver side -------------------------------------------------------------------------------
@@ -523,7 +543,8 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker,
                                                            **cfg.resources_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo",
+                                 timeout_s=cfg.collective_timeout_s),
         run_config=RunConfig(
             name=cfg.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=cfg.max_failures),

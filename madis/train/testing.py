@@ -74,10 +74,16 @@ class RegressionTask(Task):
     def steps_per_epoch(self, *, world_size, batch_size):
         return self.batches_per_epoch
 
-    def evaluate(self, model, *, rank, world_size):
+    def validation_batches(self, *, rank, world_size):
+        """16 fixed validation samples, ``x[rank::world_size]`` on rank ``rank``, one batch."""
         x = torch.randn(16, self.dim, generator=torch.Generator().manual_seed(self.data_seed + 1))
-        pred = model(x.to(next(model.parameters()).dtype)).float()
-        return {"mse": float(nn.functional.mse_loss(pred, x @ self._target().T))}
+        mine = x[rank::world_size]
+        return [{"x": mine, "y": mine @ self._target().T}] if len(mine) else []
+
+    def validation_step(self, model, batch):
+        pred = model(batch["x"].to(next(model.parameters()).dtype)).float()
+        return {"mse": (nn.functional.mse_loss(pred, batch["y"], reduction="sum"),
+                        batch["y"].numel())}
 
     def export(self, model, directory):
         os.makedirs(directory, exist_ok=True)
