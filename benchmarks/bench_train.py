@@ -16,6 +16,15 @@ and sequence tokens/s per worker (text + separator + N sign positions per sample
     scripts/loopback.sh .venv/bin/python benchmarks/bench_train.py --case mdlm       # cpu-tiny
     .venv/bin/python benchmarks/bench_train.py --case mdlm --profile paper --device cuda
 
+``--case loader`` measures the loop's batch loader (``train.prefetch_batches``): the cpu-tiny
+tokenizer (1 worker, ZeRO 0) on the sample corpus written in small shards (``--shard-mib``,
+about one batch each, so every step needs a new shard), read from local disk and with
+``--read-delay-ms`` (50) added to every shard read, with the loader reading ahead (the default)
+and on the training thread (``prefetch_batches=0``, the loop before the loader). It prints the
+step time of each and the ratio of the delayed to the local run::
+
+    scripts/loopback.sh .venv/bin/python benchmarks/bench_train.py --case loader
+
 The paper mode trains Qwen3-0.6B's architecture (random init; the weights cannot be downloaded
 here) in bf16 on one GPU, one worker, ZeRO-2, batch 64, and also prints model FLOPs utilisation:
 ``tokens/s x (6 x non-embedding parameters + 12 x layers x d_attn x sequence length) / peak``
@@ -50,14 +59,21 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--shards", default="shards")
-    p.add_argument("--case", choices=("tokenizer", "mdlm"), default="tokenizer")
+    p.add_argument("--case", choices=("tokenizer", "mdlm", "loader"), default="tokenizer")
+    p.add_argument("--read-delay-ms", type=float, default=50.0, help="loader case")
+    p.add_argument("--shard-mib", type=float, default=0.75, help="loader case: shard size")
+    p.add_argument("--prefetch", type=int, default=4, help="loader case: batches read ahead")
     p.add_argument("--profile", default="cpu-tiny", help="mdlm case: cpu-tiny or paper")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="mdlm case")
     p.add_argument("--tokens", help="mdlm case: token shard root to read (default: written here)")
     p.add_argument("--peak-tflops", type=float, help="mdlm case on a GPU: peak for the MFU")
+    p.add_argument("--stages", default="pretrain,finetune", help="mdlm case: stages measured")
+    p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     if args.case == "mdlm":
         return mdlm_main(args)
+    if args.case == "loader":
+        return loader_main(args)
 
     import ray
 
@@ -95,6 +111,83 @@ def main(argv=None) -> list[dict]:
         print(f"{r['workers']:>7} {r['zero']:>4} {r['samples_per_s']:>10.1f} "
               f"{r['samples_per_s'] / base:>7.2f} {r['peak_mem_mb']:>16.0f} {r['wall_s']:>7.1f} "
               f"{r['load']:>5.1f}")
+    return rows
+
+
+# -- the loader case --------------------------------------------------------------------------------
+
+def _delay_shard_reads(delay_s: float) -> None:
+    """Make every shard read of this process wait ``delay_s`` first (``webdataset.gopen``,
+    which the shard reader opens each shard with), as a far-away store would."""
+    import webdataset
+
+    original = getattr(webdataset.gopen, "undelayed", webdataset.gopen)
+
+    def gopen(url, *a, **kw):
+        time.sleep(delay_s)
+        return original(url, *a, **kw)
+
+    gopen.undelayed = original
+    webdataset.gopen = gopen
+
+
+def loader_main(args) -> list[dict]:
+    import dataclasses
+
+    import ray
+
+    from madis.config import load_tree, section
+    from madis.data.sample import build_sample_corpus
+    from madis.data.shards import read_manifest
+    from madis.tokenizer import TokenizerConfig
+    from madis.tokenizer.task import TokenizerTask
+    from madis.train import fit, train_config
+
+    @dataclasses.dataclass
+    class DelayedReads(TokenizerTask):
+        """The tokenizer task with ``delay_s`` added to each shard read in its workers."""
+
+        delay_s: float = 0.0
+
+        def batches(self, **kw):
+            if self.delay_s:
+                _delay_shard_reads(self.delay_s)
+            return super().batches(**kw)
+
+    tree = load_tree("cpu-tiny")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
+        shards = f"{tmp}/shards"
+        build_sample_corpus(shards, max_bytes=int(args.shard_mib * 2**20))
+        m = read_manifest(shards)
+        per_shard = m["splits"]["train"]["samples"] / len(m["splits"]["train"]["shards"])
+        base = TokenizerTask.from_shards(section(tree, "tokenizer", TokenizerConfig), shards)
+        for prefetch in (args.prefetch, 0):
+            for delay in (0.0, args.read_delay_ms / 1000):
+                name = f"p{prefetch}-d{int(delay * 1000)}"
+                task = DelayedReads(**{**base.__dict__, "delay_s": delay})
+                cfg = train_config(tree, "tokenizer")
+                cfg.run_name, cfg.storage_path, cfg.log_dir = name, f"{tmp}/runs", f"{tmp}/tb"
+                cfg.workers, cfg.zero_stage, cfg.steps = 1, 0, args.steps
+                cfg.batch_size, cfg.log_every, cfg.checkpoint_every = args.batch_size, 10, 0
+                cfg.progress, cfg.max_failures = False, 0
+                cfg.prefetch_batches = prefetch
+                load0 = os.getloadavg()[0]
+                fit(task, cfg)
+                sps = _window_means(f"{tmp}/tb/{name}", "train/samples_per_s")[1:]
+                step_ms = 1000 * args.batch_size / (sum(sps) / len(sps))
+                rows.append({"prefetch": prefetch, "delay_ms": delay * 1000, "step_ms": step_ms,
+                             "load": load0})
+    ray.shutdown()
+    print(f"tokenizer cpu-tiny, 1 worker, batch {args.batch_size}, {args.steps} steps; "
+          f"{len(m['splits']['train']['shards'])} train shards of ~{per_shard:.0f} samples; "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'prefetch':>8} {'read delay ms':>13} {'step ms':>8} {'local/delayed':>13} {'load':>5}")
+    for r in rows:
+        local = next(x for x in rows if x["prefetch"] == r["prefetch"] and not x["delay_ms"])
+        print(f"{r['prefetch']:>8} {r['delay_ms']:>13.0f} {r['step_ms']:>8.1f} "
+              f"{local['step_ms'] / r['step_ms']:>13.2f} {r['load']:>5.1f}")
     return rows
 
 
@@ -186,7 +279,7 @@ def mdlm_main(args) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-mdlm-") as tmp:
         tokens = args.tokens or random_token_shards(tree, args.shards, tmp)
-        for stage in ("pretrain", "finetune"):
+        for stage in args.stages.split(","):
             mcfg = model_config(tree, stage)
             task = MDLMTask.from_shards(stage, mcfg, tokens, val_generate=False)
             cfg = train_config(tree, stage)
@@ -204,7 +297,8 @@ def mdlm_main(args) -> list[dict]:
             row = {"stage": stage, "workers": cfg.workers, "batch": cfg.batch_size,
                    "samples_per_s_per_worker": per_worker,
                    "tokens_per_s_per_worker": per_worker * seq, "seq_len": seq,
-                   "wall_s": wall, "load": load0}
+                   "peak_mem_mb": max(_window_means(f"{tmp}/tb/{stage}", "train/peak_mem_mb")),
+                   "wall_s": wall, "load": load0, "steps": args.steps}
             if gpu:
                 model = task.build_model().model
                 flops = training_flops_per_token(model, seq) * row["tokens_per_s_per_worker"]
@@ -216,12 +310,18 @@ def mdlm_main(args) -> list[dict]:
     where = torch.cuda.get_device_name() if gpu else f"{os.cpu_count()} CPUs"
     print(f"MDLM {args.profile}, {args.steps} steps per stage, {where}")
     print(f"{'stage':>9} {'workers':>7} {'batch':>5} {'samples/s/w':>11} {'tokens/s/w':>10} "
-          f"{'seq':>5} {'wall s':>7} {'load':>5}" + (f" {'TFLOP/s':>8} {'MFU':>6}" if gpu else ""))
+          f"{'seq':>5} {'peak MiB':>9} {'wall s':>7} {'load':>5}"
+          + (f" {'TFLOP/s':>8} {'MFU':>6}" if gpu else ""))
     for r in rows:
         print(f"{r['stage']:>9} {r['workers']:>7} {r['batch']:>5} "
               f"{r['samples_per_s_per_worker']:>11.2f} {r['tokens_per_s_per_worker']:>10.0f} "
-              f"{r['seq_len']:>5.0f} {r['wall_s']:>7.1f} {r['load']:>5.1f}"
-              + (f" {r['tflops']:>8.1f} {100 * r['mfu']:>5.1f}%" if gpu else ""))
+              f"{r['seq_len']:>5.0f} {r['peak_mem_mb']:>9.0f} {r['wall_s']:>7.1f} "
+              f"{r['load']:>5.1f}" + (f" {r['tflops']:>8.1f} {100 * r['mfu']:>5.1f}%" if gpu else ""))
+    if args.json:
+        import json
+
+        with open(args.json, "w") as f:
+            json.dump({"device": where, "profile": args.profile, "rows": rows}, f, indent=1)
     return rows
 
 

@@ -43,6 +43,9 @@ class TrainConfig:
         keep_checkpoints: newest complete checkpoints kept in storage (0 keeps all); the one the
             eval fleet ranked best (best.json) is kept besides them.
         log_every: TensorBoard scalars and progress-bar update every this many steps.
+        prefetch_batches: batches read ahead (storage, parsing, collation) on a background
+            thread of each worker, into the next epoch too (:mod:`madis.train.prefetch`);
+            0 reads them on the training thread.
         max_failures: worker-group restarts from the latest checkpoint before the run fails.
         max_bad_steps: consecutive non-finite losses (each batch skipped) that stop the run.
         collective_timeout_s: a collective (all-reduce, a ZeRO-3 all-gather) waiting this long
@@ -73,6 +76,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     log_every: int = 10
+    prefetch_batches: int = 4
     max_failures: int = 2
     max_bad_steps: int = 5
     collective_timeout_s: int = 1800
@@ -87,7 +91,7 @@ class TrainConfig:
                      at_least_one=("workers", "cpus_per_worker", "batch_size", "log_every",
                                    "max_bad_steps", "collective_timeout_s"),
                      non_negative=("steps", "epochs", "warmup_steps", "checkpoint_every",
-                                   "keep_checkpoints", "max_failures"),
+                                   "keep_checkpoints", "max_failures", "prefetch_batches"),
                      positive=("lr",))
         self.resources_per_worker = check_resources(self.resources_per_worker,
                                                     "train.resources_per_worker")

@@ -41,7 +41,8 @@ from madis.train.checkpoints import (
     checkpoint_dir_name, latest_checkpoint, prune_checkpoints,
 )
 from madis.train.config import TrainConfig
-from madis.train.task import Task, ValTotals, skip, to_device
+from madis.train.prefetch import BatchLoader
+from madis.train.task import Task, ValTotals, to_device
 
 #: environment passed from the driver to the workers (S3 endpoint and credentials)
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
@@ -147,14 +148,13 @@ def _all_min(flag: bool, device) -> bool:
     return bool(t.item() > 0)
 
 
-def _all_mean(values: dict[str, float], device) -> dict[str, float]:
-    if not values:
-        return {}
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], device=device, dtype=torch.float64)
-    _dist().all_reduce(t)
-    t /= _dist().get_world_size()
-    return dict(zip(keys, t.tolist()))
+def _all_min_flags(finite: torch.Tensor, more: bool, device) -> tuple[bool, bool]:
+    """``(every rank's loss is finite, every rank has a next batch)``: one all-reduce, one sync."""
+    t = torch.stack([finite.to(device, torch.float32),
+                     torch.tensor(1.0 if more else 0.0, device=device)])
+    _dist().all_reduce(t, op=_dist().ReduceOp.MIN)
+    a, b = t.tolist()
+    return a > 0, b > 0
 
 
 def _grad_norm(engine) -> float:
@@ -167,21 +167,13 @@ def _grad_norm(engine) -> float:
     return float(norm)
 
 
-def _peak_mem_mb(device) -> float:
-    """The largest peak memory of any rank, MiB: GPU allocations, or the process's max RSS."""
+def _local_peak_mem_mb(device) -> float:
+    """This rank's peak memory, MiB: GPU allocations, or the process's max RSS."""
     if device.type == "cuda":
-        mine = torch.cuda.max_memory_allocated(device) / 2**20
-    else:
-        import resource
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
 
-        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    t = torch.tensor([mine], device=device, dtype=torch.float64)
-    _dist().all_reduce(t, op=_dist().ReduceOp.MAX)
-    return float(t.item())
-
-
-def _scalar(v) -> float:
-    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _export_module(engine, cfg: TrainConfig, task: Task, directory: str, rank: int) -> None:
@@ -338,20 +330,37 @@ class _Worker:
         self._reset_window()
 
     def _reset_window(self) -> None:
-        self.window: dict[str, float] = {}
+        # per metric: a running sum on the device (no host sync per step) and its step count
+        self.window: dict[str, torch.Tensor] = {}
+        self.window_counts: dict[str, int] = {}
         self.window_steps = self.window_samples = 0
         self.window_t0 = time.perf_counter()
+
+    def _loader(self) -> BatchLoader:
+        cfg, state = self.cfg, self.state
+
+        def epoch_batches(epoch: int):
+            return self.task.batches(rank=self.rank, world_size=self.world, epoch=epoch,
+                                     seed=cfg.seed, batch_size=cfg.batch_size)
+
+        return BatchLoader(epoch_batches, start_epoch=state.epoch,
+                           skip_batches=state.batch_in_epoch, depth=cfg.prefetch_batches,
+                           pin_memory=self.device.type == "cuda")
 
     def run(self) -> None:
         import ray.train
 
         stop_reason = ""
         self.engine.train()
-        while self.state.step < self.planned and not stop_reason:
-            stop_reason = self._epoch()
-            if not stop_reason and self.state.step < self.planned:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
+        self.loader = self._loader()
+        try:
+            while self.state.step < self.planned and not stop_reason:
+                stop_reason = self._epoch()
+                if not stop_reason and self.state.step < self.planned:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+        finally:
+            self.loader.close()
         if self.pbar is not None:
             self.pbar.close()
             self.writer.close()
@@ -364,75 +373,108 @@ class _Worker:
                 f.write(json.dumps({"reason": stop_reason, "step": self.state.step}).encode())
 
     def _epoch(self) -> str:
-        """Train until the epoch's batches or the planned steps run out; a stop reason or ''."""
-        cfg, state = self.cfg, self.state
-        batches = iter(self.task.batches(rank=self.rank, world_size=self.world,
-                                         epoch=state.epoch, seed=cfg.seed,
-                                         batch_size=cfg.batch_size))
-        skip(batches, state.batch_in_epoch)
+        """Train until the epoch's batches or the planned steps run out; a stop reason or ''.
+
+        One host sync per step: after the forward, the ranks agree in one all-reduce whether
+        every loss is finite (else the batch is skipped on all) and whether every rank has a
+        next batch (else the epoch ends for all after this step). The next batch is taken
+        from the loader while the forward's kernels run.
+        """
+        cfg, state, epoch = self.cfg, self.state, self.state.epoch
+        batch = self.loader.next(epoch)
+        if not _all_min(batch is not None, self.device):
+            if batch is not None:
+                self.loader.end_epoch(epoch)
+            return ""  # some rank's epoch is over: it ends for all
         bad_in_row = 0
         while state.step < self.planned:
-            batch = next(batches, None)
-            if not _all_min(batch is not None, self.device):
-                return ""  # some rank's epoch is over: it ends for all
             state.batch_in_epoch += 1
             torch.manual_seed(cfg.seed * 1_000_003 + state.step * 1_009 + self.rank)
             loss, step_metrics = self.task.loss(self.engine, to_device(batch, self.device))
-            if not _all_min(bool(torch.isfinite(loss.detach()).all()), self.device):
+            following = self.loader.next(epoch)
+            finite, more = _all_min_flags(torch.isfinite(loss.detach()).all(),
+                                          following is not None, self.device)
+            if not finite:
                 state.skipped_batches += 1
                 bad_in_row += 1
                 if bad_in_row >= cfg.max_bad_steps:
                     return (f"{bad_in_row} consecutive non-finite losses at step {state.step} "
                             f"(epoch {state.epoch}, batch {state.batch_in_epoch}); stopped "
                             f"without a new checkpoint")
-                continue
-            bad_in_row = 0
-            self.engine.backward(loss)
-            checkpoint_now = state.step + 1 == self.planned or (
-                cfg.checkpoint_every and (state.step + 1) % cfg.checkpoint_every == 0)
-            log_now = checkpoint_now or (state.step + 1) % cfg.log_every == 0
-            # stage 0 caches no gradient norm: read it before step() clears the grads
-            grad_norm = _grad_norm(self.engine) if log_now and cfg.zero_stage == 0 else None
-            self.engine.step()
-            state.step += 1
-            self.window_steps += 1
-            self.window_samples += self.task.batch_samples(batch)
-            for k, v in {"loss": loss, **step_metrics}.items():
-                self.window[k] = self.window.get(k, 0.0) + _scalar(v)
-            if log_now:
-                self._log(grad_norm)
-            if self.pbar is not None:
-                self.pbar.update(1)
-            if checkpoint_now:
-                val = validate(self.engine, self.task, self.rank, self.world, self.device,
-                               cfg.zero_stage)
-                if self.writer is not None:
-                    for k, v in val.items():  # val_loss -> val/loss (the metadata keeps val_loss)
-                        name = k[len("val_"):] if k.startswith("val_") else k
-                        self.writer.add_scalar(f"val/{name}", v, state.step)
-                    self.writer.flush()
-                _save(self.engine, cfg, self.task, state, {**self.metrics, **val}, self.rank,
-                      self.writer_dir, self.run_url)
-                self.window_t0 = time.perf_counter()  # samples/s leaves checkpoint time out
+            else:
+                bad_in_row = 0
+                self._train_step(loss, step_metrics, batch)
+            if not more:
+                if following is not None:
+                    self.loader.end_epoch(epoch)
+                return ""  # some rank's epoch is over: it ends for all
+            batch = following
         return ""
 
+    def _train_step(self, loss: torch.Tensor, step_metrics, batch) -> None:
+        """Backward, optimizer step, metrics into the window, logging and checkpoints."""
+        cfg, state = self.cfg, self.state
+        self.engine.backward(loss)
+        checkpoint_now = state.step + 1 == self.planned or (
+            cfg.checkpoint_every and (state.step + 1) % cfg.checkpoint_every == 0)
+        log_now = checkpoint_now or (state.step + 1) % cfg.log_every == 0
+        # stage 0 caches no gradient norm: read it before step() clears the grads
+        grad_norm = _grad_norm(self.engine) if log_now and cfg.zero_stage == 0 else None
+        self.engine.step()
+        state.step += 1
+        self.window_steps += 1
+        self.window_samples += self.task.batch_samples(batch)
+        for k, v in {"loss": loss, **step_metrics}.items():
+            v = (v.detach().float() if isinstance(v, torch.Tensor)
+                 else torch.tensor(float(v))).to(self.device, non_blocking=True)
+            self.window[k] = self.window[k] + v if k in self.window else v
+            self.window_counts[k] = self.window_counts.get(k, 0) + 1
+        if log_now:
+            self._log(grad_norm)
+        if self.pbar is not None:
+            self.pbar.update(1)
+        if checkpoint_now:
+            val = validate(self.engine, self.task, self.rank, self.world, self.device,
+                           cfg.zero_stage)
+            if self.writer is not None:
+                for k, v in val.items():  # val_loss -> val/loss (the metadata keeps val_loss)
+                    name = k[len("val_"):] if k.startswith("val_") else k
+                    self.writer.add_scalar(f"val/{name}", v, state.step)
+                self.writer.flush()
+            _save(self.engine, cfg, self.task, state, {**self.metrics, **val}, self.rank,
+                  self.writer_dir, self.run_url)
+            self.window_t0 = time.perf_counter()  # samples/s leaves checkpoint time out
+
     def _log(self, grad_norm: float | None) -> None:
+        """Means over the window and over ranks (each metric's sum over its count): one host
+        sync for this rank's sums, one collective for all ranks' windows."""
         elapsed = max(time.perf_counter() - self.window_t0, 1e-9)
-        means = _all_mean({k: v / self.window_steps for k, v in self.window.items()},
-                          self.device)
-        totals = _all_mean({"n": self.window_samples}, self.device)
-        samples = round(totals["n"] * self.world)
+        keys = sorted(self.window)
+        sums = torch.stack([self.window[k] for k in keys]).tolist() if keys else []
+        mine = {"sums": {k: (s, self.window_counts[k]) for k, s in zip(keys, sums)},
+                "samples": self.window_samples, "peak_mem_mb": _local_peak_mem_mb(self.device)}
+        every: list[dict | None] = [None] * self.world
+        _dist().all_gather_object(every, mine)
+        pooled: dict[str, list[float]] = {}
+        for w in every:
+            for k, (s, c) in w["sums"].items():
+                acc = pooled.setdefault(k, [0.0, 0])
+                acc[0] += s
+                acc[1] += c
+        means = {k: s / c for k, (s, c) in sorted(pooled.items()) if c}
+        samples = sum(w["samples"] for w in every)
         self.state.samples += samples
         lr = self.scheduler.get_last_lr()[0]
         self.metrics = {**means, "lr": lr,
                         "grad_norm": grad_norm if grad_norm is not None else _grad_norm(self.engine),
                         "samples_per_s": samples / elapsed,
-                        "peak_mem_mb": _peak_mem_mb(self.device),
+                        "peak_mem_mb": max(w["peak_mem_mb"] for w in every),
                         "skipped_batches": self.state.skipped_batches}
         if self.writer is not None:
             for k, v in self.metrics.items():
                 self.writer.add_scalar(f"train/{k}", v, self.state.step)
-            self.pbar.set_postfix(loss=f"{means['loss']:.4g}", lr=f"{lr:.2e}", refresh=False)
+            self.pbar.set_postfix(loss=f"{means.get('loss', float('nan')):.4g}", lr=f"{lr:.2e}",
+                                  refresh=False)
         self._reset_window()
 
 

@@ -54,6 +54,8 @@ class Task(ABC):
         Must be deterministic for ``(rank, world_size, epoch, seed, batch_size)``: after a
         restart the loop re-creates the epoch's iterator and skips the batches already consumed.
         Ranks should see disjoint data. When one rank runs out, the epoch ends for all.
+        The loop iterates it on a background thread (``train.prefetch_batches``), so it must
+        not draw from torch's global random generator (seed a ``torch.Generator`` instead).
         """
 
     @abstractmethod
