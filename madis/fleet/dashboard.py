@@ -1,13 +1,14 @@
 """The fleet's TensorBoard events, beside the training loop's in the run's storage. No Ray here.
 
 The training loop writes ``train/*`` and ``val/*`` scalars under the optimizer step and copies
-its events to ``{run}/tensorboard/`` at every checkpoint (``madis.train.loop``). The fleet writes
-its validation curves under the same step (the checkpoint's) to ``{run}/tensorboard/fleet/``:
-in place for a run on a local disk; for a run on S3 to a local staging directory whose event
-files are uploaded after every checkpoint, each object replaced whole
-(:func:`madis.fleet.registry.write_bytes_atomic`; the new file extends the old one, so a
-TensorBoard reading it goes on from where it was). ``tensorboard --logdir {run}/tensorboard``
-then shows the runs ``.`` (training) and ``fleet`` on one step axis.
+its events to ``{run}/tensorboard/`` while the run goes (``madis.train.events``). The fleet
+writes its validation curves under the same step (the checkpoint's) to
+``{run}/tensorboard/fleet/``: in place for a run on a local disk; for a run on S3 to a local
+staging directory whose changed event files are uploaded as soon as an evaluation's scalars
+are written, and again after its images (:class:`madis.train.events.EventMirror`: each object
+replaced whole, so a TensorBoard reading it goes on from where it was).
+``tensorboard --logdir {run}/tensorboard`` then shows the runs ``.`` (training) and ``fleet``
+on one step axis.
 
 Tags: ``eval/<sampler>/<metric>`` (e.g. ``eval/utc/dtw_jpe_body``, ``eval/utc/siclip_s2t_R@1``),
 ``fleet/lag_s`` (checkpoint landed -> metrics written), ``fleet/eval_s`` (the whole evaluation)
@@ -25,14 +26,12 @@ from typing import Mapping
 
 import numpy as np
 
-from madis.fleet.registry import write_bytes_atomic
 from madis.fleet.retry import with_backoff
+from madis.train.events import TENSORBOARD_DIR, EventMirror
 
 log = logging.getLogger(__name__)
 
-#: the training loop's TensorBoard directory inside a run
-TENSORBOARD_DIR = "tensorboard"
-#: the fleet's, inside that one
+#: the fleet's directory inside the run's TensorBoard directory
 FLEET_SUBDIR = "fleet"
 
 
@@ -59,10 +58,9 @@ class Dashboard:
         local_run = "://" not in remote
         self.local_dir = Path(remote if local_run else staging_dir)
         self.local_dir.mkdir(parents=True, exist_ok=True)
-        self.uploads = not local_run
+        self.mirror = None if local_run else EventMirror(self.local_dir, self.remote)
         self.attempts, self.backoff_s = attempts, backoff_s
         self.writer = SummaryWriter(str(self.local_dir))
-        self._published: dict[str, int] = {}
 
     def add_metrics(self, step: int, metrics: Mapping[str, Mapping[str, float]]) -> None:
         """``eval/<sampler>/<name>`` scalars: ``metrics`` is ``{sampler: {name: value}}``."""
@@ -91,23 +89,13 @@ class Dashboard:
             OSError: the storage stayed unreachable through every retry.
         """
         self.writer.flush()
-        done: list[str] = []
-        if not self.uploads:
-            return done
-        for path in sorted(self.local_dir.rglob("*")):
-            if not path.is_file():
-                continue
-            size = path.stat().st_size
-            rel = path.relative_to(self.local_dir).as_posix()
-            if self._published.get(rel) == size:
-                continue
-            data = path.read_bytes()
-            url = f"{self.remote}/{rel}"
-            with_backoff(lambda: write_bytes_atomic(url, data), f"upload {url}",
-                         attempts=self.attempts, backoff_s=self.backoff_s)
-            self._published[rel] = len(data)
-            done.append(url)
-        return done
+        if self.mirror is None:
+            return []
+
+        def retry(fn, what):
+            with_backoff(fn, what, attempts=self.attempts, backoff_s=self.backoff_s)
+
+        return self.mirror.upload(self.mirror.snapshot(), retry)
 
     def close(self) -> None:
         self.writer.close()

@@ -513,10 +513,11 @@ class EvalFleet:
         if landed is None:  # pruned meanwhile: best.json must never name a removed checkpoint
             return self._failed(ckpt, "its COMPLETE marker is gone")
         dash.add_metrics(ckpt.step, per_sampler)
-        self._render(ckpt.step, val, decoded)
         dash.add_scalars(ckpt.step, {"fleet/eval_s": time.time() - t0, "fleet/decode_s": decode_s,
                                      "fleet/lag_s": time.time() - (landed or t0)})
-        self._retry(dash.publish, "publish TensorBoard events")
+        self._retry(dash.publish, "publish TensorBoard events")  # the curves before the images
+        self._render(ckpt.step, val, decoded)
+        self._retry(dash.publish, "publish TensorBoard images")
         primary = cfg.samplers[0]
         flat = {(k if s == primary else f"{s}/{k}"): v
                 for s, values in per_sampler.items() for k, v in values.items()}

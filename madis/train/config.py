@@ -52,7 +52,10 @@ class TrainConfig:
             for another rank fails the worker instead of hanging (``TorchConfig.timeout_s``).
         seed: seeds model init, per-step randomness and the batch order.
         log_dir: local TensorBoard root; events go to ``{log_dir}/{run_name}`` and are copied
-            to ``{storage_path}/{run_name}/tensorboard`` at every checkpoint.
+            to ``{storage_path}/{run_name}/tensorboard`` while the run goes
+            (``tensorboard_sync_s``) and at every checkpoint.
+        tensorboard_sync_s: least seconds between two uploads of the events to storage (on a
+            background thread at a log step; 0: at every log step).
         progress: show a tqdm progress bar on rank 0.
     """
 
@@ -82,6 +85,7 @@ class TrainConfig:
     collective_timeout_s: int = 1800
     seed: int = 0
     log_dir: str = "runs"
+    tensorboard_sync_s: float = 10.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -95,6 +99,9 @@ class TrainConfig:
                      positive=("lr",))
         self.resources_per_worker = check_resources(self.resources_per_worker,
                                                     "train.resources_per_worker")
+        if not self.tensorboard_sync_s >= 0:
+            raise ConfigError(f"train.tensorboard_sync_s must be >= 0, got "
+                              f"{self.tensorboard_sync_s}")
         if self.steps == 0 and self.epochs == 0:
             raise ConfigError("train.steps and train.epochs are both 0: nothing to train")
         if not self.run_name or "/" in self.run_name:

@@ -41,6 +41,7 @@ from madis.train.checkpoints import (
     checkpoint_dir_name, latest_checkpoint, prune_checkpoints,
 )
 from madis.train.config import TrainConfig
+from madis.train.events import TENSORBOARD_DIR, EventMirror, LiveEvents
 from madis.train.prefetch import BatchLoader
 from madis.train.task import Task, ValTotals, to_device
 
@@ -193,10 +194,10 @@ def _export_module(engine, cfg: TrainConfig, task: Task, directory: str, rank: i
 
 
 def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict[str, float],
-          rank: int, writer_dir: str | None, run_url: str) -> None:
-    """Write this rank's part of a checkpoint, report it to Ray, mark it COMPLETE, then apply
-    ``keep_checkpoints`` (:func:`~madis.train.checkpoints.prune_checkpoints`: the fleet's best
-    checkpoint is kept)."""
+          rank: int, events: LiveEvents | None, run_url: str) -> None:
+    """Write this rank's part of a checkpoint, report it to Ray, mark it COMPLETE, upload the
+    TensorBoard events written so far, then apply ``keep_checkpoints``
+    (:func:`~madis.train.checkpoints.prune_checkpoints`: the fleet's best checkpoint is kept)."""
     import ray.train
 
     local = tempfile.mkdtemp(prefix=f"madis-ckpt-r{rank}-")
@@ -220,12 +221,16 @@ def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict
         if rank == 0:
             persisted = ray.train.get_checkpoint()
             _mark_complete(persisted, state, metrics)
-            if writer_dir:
-                _upload_tensorboard(persisted, writer_dir)
+            log = logging.getLogger(__name__)
+            if events is not None:
+                try:
+                    events.sync()
+                except OSError as exn:  # the next upload carries them; training goes on
+                    log.warning("TensorBoard events not uploaded this time: %s", exn)
             try:
                 prune_checkpoints(run_url, cfg.keep_checkpoints)
             except OSError as exn:  # retention can wait for the next checkpoint; training not
-                logging.getLogger(__name__).warning("old checkpoints kept this time: %s", exn)
+                log.warning("old checkpoints kept this time: %s", exn)
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
@@ -234,15 +239,6 @@ def _mark_complete(checkpoint, state: TrainState, metrics: dict[str, float]) -> 
     body = json.dumps({"step": state.step, "epoch": state.epoch, "metrics": metrics})
     with checkpoint.filesystem.open_output_stream(f"{checkpoint.path}/{COMPLETE}") as f:
         f.write(body.encode())
-
-
-def _upload_tensorboard(checkpoint, writer_dir: str) -> None:
-    import pyarrow.fs
-
-    dest = f"{checkpoint.path.rstrip('/').rsplit('/', 1)[0]}/tensorboard"
-    checkpoint.filesystem.create_dir(dest, recursive=True)
-    pyarrow.fs.copy_files(writer_dir, dest, source_filesystem=pyarrow.fs.LocalFileSystem(),
-                          destination_filesystem=checkpoint.filesystem)
 
 
 def _restore(engine, rank: int, world_size: int) -> TrainState | None:
@@ -313,7 +309,7 @@ class _Worker:
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
             config=deepspeed_config(cfg))
         self.state = _restore(self.engine, self.rank, self.world) or TrainState(world_size=self.world)
-        self.writer = self.pbar = self.writer_dir = None
+        self.writer = self.pbar = self.events = None
         if self.rank == 0 and self.state.step:
             print(f"[madis] {cfg.run_name}: resumed from the checkpoint at step "
                   f"{self.state.step} of {self.planned}", flush=True)
@@ -321,8 +317,11 @@ class _Worker:
             from torch.utils.tensorboard import SummaryWriter
             from tqdm import tqdm
 
-            self.writer_dir = os.path.join(cfg.log_dir, cfg.run_name)
-            self.writer = SummaryWriter(self.writer_dir)
+            writer_dir = os.path.join(cfg.log_dir, cfg.run_name)
+            self.writer = SummaryWriter(writer_dir)
+            self.events = LiveEvents(
+                self.writer, EventMirror(writer_dir, f"{run_url}/{TENSORBOARD_DIR}"),
+                cfg.tensorboard_sync_s)
             self.pbar = tqdm(total=self.planned, initial=self.state.step, file=sys.stderr,
                              desc=f"{task.name}:{cfg.run_name}", disable=not cfg.progress,
                              mininterval=2.0, dynamic_ncols=True)
@@ -363,6 +362,10 @@ class _Worker:
             self.loader.close()
         if self.pbar is not None:
             self.pbar.close()
+            try:
+                self.events.sync()
+            except OSError as exn:
+                logging.getLogger(__name__).warning("TensorBoard events not uploaded: %s", exn)
             self.writer.close()
         if stop_reason and self.rank == 0:
             # Ray's Result only carries metrics reported with a checkpoint: tell the driver
@@ -434,15 +437,20 @@ class _Worker:
         if self.pbar is not None:
             self.pbar.update(1)
         if checkpoint_now:
+            t0 = time.perf_counter()
             val = validate(self.engine, self.task, self.rank, self.world, self.device,
                            cfg.zero_stage)
+            t1 = time.perf_counter()
             if self.writer is not None:
                 for k, v in val.items():  # val_loss -> val/loss (the metadata keeps val_loss)
                     name = k[len("val_"):] if k.startswith("val_") else k
                     self.writer.add_scalar(f"val/{name}", v, state.step)
-                self.writer.flush()
+                self.writer.add_scalar("train/validation_s", t1 - t0, state.step)
             _save(self.engine, cfg, self.task, state, {**self.metrics, **val}, self.rank,
-                  self.writer_dir, self.run_url)
+                  self.events, self.run_url)
+            if self.writer is not None:  # seen in the next upload (the last: at the run's end)
+                self.writer.add_scalar("train/checkpoint_s", time.perf_counter() - t1,
+                                       state.step)
             self.window_t0 = time.perf_counter()  # samples/s leaves checkpoint time out
 
     def _log(self, grad_norm: float | None) -> None:
@@ -475,6 +483,7 @@ class _Worker:
                 self.writer.add_scalar(f"train/{k}", v, self.state.step)
             self.pbar.set_postfix(loss=f"{means.get('loss', float('nan')):.4g}", lr=f"{lr:.2e}",
                                   refresh=False)
+            self.events.tick()  # live dashboards: at most every train.tensorboard_sync_s
         self._reset_window()
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass
 
 import safetensors.torch
@@ -15,6 +16,10 @@ import torch
 from torch import nn
 
 from madis.train.task import Task
+
+
+#: longest a paused loss waits for its file, seconds
+PAUSE_LIMIT_S = 600
 
 
 class InjectedFailure(RuntimeError):
@@ -33,6 +38,9 @@ class RegressionTask(Task):
             its batch at ``position`` (batches consumed since the run began, over epochs) -
             only once, remembered by creating ``fail_marker``.
         nan_from: from this position on, inputs are NaN (so the loss is).
+        pause_at: ``(position, path)``: the loss of that batch waits until the file ``path``
+            exists (a run held at a known step while a test looks at it; at most
+            ``PAUSE_LIMIT_S``, then :class:`TimeoutError`).
     """
 
     name = "regression"
@@ -44,6 +52,7 @@ class RegressionTask(Task):
     fail_at: tuple[int, int] | None = None
     fail_marker: str | None = None
     nan_from: int | None = None
+    pause_at: tuple[int, str] | None = None
 
     def build_model(self) -> nn.Module:
         return nn.Sequential(nn.Linear(self.dim, self.hidden), nn.Tanh(),
@@ -67,6 +76,12 @@ class RegressionTask(Task):
             yield {"x": x, "y": x @ a.T, "position": torch.full((batch_size,), position)}
 
     def loss(self, model, batch):
+        if self.pause_at is not None and int(batch["position"][0]) == self.pause_at[0]:
+            deadline = time.monotonic() + PAUSE_LIMIT_S
+            while not os.path.exists(self.pause_at[1]):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.pause_at[1]} did not appear in {PAUSE_LIMIT_S} s")
+                time.sleep(0.05)
         pred = model(batch["x"].to(next(model.parameters()).dtype))
         loss = nn.functional.mse_loss(pred.float(), batch["y"])
         return loss, {"position": batch["position"].float().mean()}
