@@ -8,23 +8,24 @@ Set up: the shard manifest gives the motion format and z-score statistics; a for
 joints need a file (SMPL-X: the licensed model) is checked now, so a node without it fails before
 training, naming the path, instead of after it. Train: the shared
 loop (``madis.train.fit``) with ``TokenizerTask``; a re-submitted job resumes its run. Save: the
-final checkpoint's exported tokenizer encodes every split into token shards, and the val
-reconstruction MPJPE and codebook use are printed and stored as ``report.json`` in the run.
+final checkpoint's exported tokenizer encodes every split into token shards -- on a Ray worker
+placed like a training worker (a GPU with ``train.use_gpu``), not on the driver's CPU -- and the
+val reconstruction MPJPE and codebook use are printed and stored as ``report.json`` in the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from madis import runs
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
 from madis.motion import get_format
 from madis.tokenizer import TokenizerConfig
-from madis.tokenizer.evaluate import evaluate_tokenizer
 from madis.tokenizer.task import TokenizerTask
-from madis.tokenizer.token_shards import write_token_shards
-from madis.train import fit, write_report
+from madis.tokenizer.token_shards import encode_corpus
+from madis.train import fit, run_on_worker, write_report
 from madis.train.jobargs import job_parser, job_train_config
 
 
@@ -52,15 +53,18 @@ def main(argv=None) -> dict:
 
     result = fit(task, train_cfg)
 
-    tokenizer = TokenizerTask.load(result.checkpoint.export_url)
-    report = {"checkpoint": result.checkpoint.url, "step": result.checkpoint.step,
-              "val": evaluate_tokenizer(tokenizer, shards, "val")}
     tokens_url = args.tokens or f"{result.run_url}/{runs.TOKENS_DIR}"
-    print(f"[madis] writing token shards of every split to {tokens_url}", flush=True)
-    manifest = write_token_shards(tokenizer, shards, tokens_url, extra={"tokenizer_export": {
-        "url": result.checkpoint.export_url, "step": result.checkpoint.step}})
-    report["tokens"] = {"url": tokens_url,
-                        "samples": {k: v["samples"] for k, v in manifest["splits"].items()}}
+    print(f"[madis] writing token shards of every split to {tokens_url} (on a training worker)",
+          flush=True)
+    done = run_on_worker(train_cfg, encode_corpus, result.checkpoint.export_url, shards,
+                         tokens_url, extra={"tokenizer_export": {
+                             "url": result.checkpoint.export_url,
+                             "step": result.checkpoint.step}})
+    report = {"checkpoint": result.checkpoint.url, "step": result.checkpoint.step,
+              "val": done["val"],
+              "tokens": {"url": tokens_url, "samples": {
+                  k: v["samples"] for k, v in done["manifest"]["splits"].items()}},
+              "encoded_on": {"device": done["device"], "driver": done["pid"] == os.getpid()}}
     print(write_report(result.run_url, report))
     return report
 

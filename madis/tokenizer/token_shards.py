@@ -58,6 +58,26 @@ def _tokenized(tokenizer: DecoupledTokenizer, src: str, split: str, batch_size: 
 
 
 @torch.no_grad()
+def encode_corpus(export_url: str, src: str, out: str, *, extra: dict[str, Any] | None = None,
+                  device: str | torch.device = "cpu") -> dict:
+    """The tokenizer job's work after training: load the exported tokenizer onto ``device``,
+    measure its val reconstruction (:func:`~madis.tokenizer.evaluate.evaluate_tokenizer`) and
+    write the token shards of every split (:func:`write_token_shards`).
+
+    Returns:
+        ``{"val": metrics, "manifest": the written manifest, "device": str, "pid": int}``.
+    Raises:
+        see :func:`write_token_shards`.
+    """
+    from madis.tokenizer.evaluate import evaluate_tokenizer
+    from madis.tokenizer.task import TokenizerTask
+
+    tokenizer = TokenizerTask.load(export_url, map_location=device)
+    val = evaluate_tokenizer(tokenizer, src, "val")
+    manifest = write_token_shards(tokenizer, src, out, extra=extra)
+    return {"val": val, "manifest": manifest, "device": str(device), "pid": os.getpid()}
+
+
 def write_token_shards(tokenizer: DecoupledTokenizer, src: str, out: str, *,
                        batch_size: int = 32, extra: dict[str, Any] | None = None) -> dict:
     """Encode every split of the motion shards at ``src`` and write token shards to ``out``.

@@ -14,7 +14,7 @@ from madis.utils.lazy import lazy_exports
 
 __getattr__, _, _LAZY = lazy_exports(__name__, {"loop": (
     "fit", "FitResult", "NonFiniteLossError", "TrainState", "train_worker", "deepspeed_config",
-    "total_steps")})
+    "total_steps", "run_on_worker")})
 
 __all__ = sorted({"CheckpointInfo", "Task", "TrainConfig", "latest_checkpoint",
                   "list_checkpoints", "read_metadata", "train_config", "write_report",

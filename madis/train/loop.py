@@ -552,6 +552,35 @@ def storage_for_ray(storage_path: str):
     return storage_path[len("s3://"):], pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
+def _worker_task(cfg: TrainConfig, fn, args, kwargs):
+    set_matmul_precision(cfg)
+    device = torch.device("cuda" if cfg.use_gpu else "cpu")
+    if not cfg.use_gpu:
+        torch.set_num_threads(cfg.cpus_per_worker)
+    return fn(*args, device=device, **kwargs)
+
+
+def run_on_worker(cfg: TrainConfig, fn, *args, **kwargs):
+    """``fn(*args, device=..., **kwargs)`` as one Ray task placed like a training worker of
+    ``cfg`` (``cpus_per_worker`` CPUs, ``resources_per_worker`` and, with ``use_gpu``, a GPU:
+    ``device`` is then ``cuda``), with the S3 environment forwarded and TF32 set as in the
+    loop. For the work a job does after training (e.g. the tokenizer job encoding the corpus),
+    which would otherwise run on the driver's CPU, i.e. the cluster's head.
+
+    ``fn`` must be importable by the workers (a module-level function of the ``madis``
+    package). Returns what it returns; raises what it raises (``ray.exceptions.RayTaskError``
+    wrapping it).
+    """
+    import ray
+
+    env = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    remote = ray.remote(_worker_task).options(
+        num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0, max_retries=0,
+        resources=dict(cfg.resources_per_worker) or None,
+        runtime_env={"env_vars": env} if env else None)
+    return ray.get(remote.remote(cfg, fn, args, kwargs))
+
+
 def fit(task: Task, cfg: TrainConfig) -> FitResult:
     """Train ``task`` with the shared loop on the current Ray cluster (started locally if none).
 

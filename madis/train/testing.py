@@ -26,6 +26,13 @@ class InjectedFailure(RuntimeError):
     """Raised once by :class:`RegressionTask` to simulate a crashing worker."""
 
 
+def where(*, device) -> dict:
+    """Where :func:`madis.train.loop.run_on_worker` ran this: process, device, torch threads,
+    the forwarded ``AWS_DEFAULT_REGION``."""
+    return {"pid": os.getpid(), "device": str(device), "threads": torch.get_num_threads(),
+            "region": os.environ.get("AWS_DEFAULT_REGION")}
+
+
 @dataclass
 class RegressionTask(Task):
     """Fit ``y = A x`` (``A`` fixed by ``data_seed``) with a two-layer MLP.
