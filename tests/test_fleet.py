@@ -23,10 +23,11 @@ from madis.fleet.registry import (
     best_url, history_entry, record, update_best, write_bytes_atomic, write_json_atomic,
 )
 from madis.fleet.retry import is_transient, with_backoff
-from madis.fleet.testing import mark_complete, write_checkpoint
+from madis.fleet.testing import write_checkpoint
 from madis.mdlm.task import MDLMTask, model_config
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.tokenizer.token_shards import write_token_shards
+from madis.train.checkpoints import write_complete
 from conftest import job_module
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -311,7 +312,7 @@ def test_fleet_on_s3_evaluates_each_checkpoint_once_survives_corrupt_and_killed_
     victim = next(iter(status["in_flight"]))
     ray.kill(fleet.actors[victim])  # no_restart: the fleet must replace it itself
     for step in (7, 8):  # both land while the fleet is busy with 6: 7 is superseded by 8
-        mark_complete(late[step], step)
+        write_complete(late[step], step)
     assert fleet.status()["step"] == 6
     thread.join(timeout=180)
     assert not thread.is_alive()

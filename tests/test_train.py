@@ -14,7 +14,7 @@ from madis.config import ConfigError, load_tree
 from madis.train import (
     TrainConfig, latest_checkpoint, list_checkpoints, read_metadata, train_config,
 )
-from madis.train.checkpoints import COMPLETE, TRAIN_STATE
+from madis.train.checkpoints import TRAIN_STATE, write_complete
 from madis.train.testing import RegressionTask
 
 # --------------------------------------------------------------------------- no Ray needed
@@ -39,7 +39,7 @@ def test_readers_ignore_checkpoints_without_marker(tmp_path):
         d = run / f"checkpoint_{step:08d}"
         d.mkdir(parents=True)
         if complete:
-            (d / COMPLETE).write_text(json.dumps({"step": step, "epoch": 1, "metrics": {"l": 1}}))
+            write_complete(str(d), step, epoch=1, metrics={"l": 1})
     (run / "tensorboard").mkdir()
     assert [c.step for c in list_checkpoints(str(run))] == [5, 10]
     assert latest_checkpoint(str(run)).export_url == str(run / "checkpoint_00000010" / "export")
@@ -53,7 +53,7 @@ def _fake_run(fs, root, steps, incomplete=()):
         fs.makedirs(f"{d}/export", exist_ok=True)
         fs.pipe_file(f"{d}/export/model.safetensors", b"weights")
         if step not in incomplete:
-            fs.pipe_file(f"{d}/{COMPLETE}", json.dumps({"step": step, "epoch": 0}).encode())
+            write_complete(fs.unstrip_protocol(d), step)
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
@@ -101,7 +101,7 @@ def test_resuming_with_another_worker_count_is_refused_before_starting(tmp_path)
     ckpt = tmp_path / "storage" / "r" / "checkpoint_00000004"
     ckpt.mkdir(parents=True)
     (ckpt / TRAIN_STATE).write_text(json.dumps({"step": 4, "world_size": 2}))
-    (ckpt / COMPLETE).write_text(json.dumps({"step": 4, "epoch": 1}))
+    write_complete(str(ckpt), 4, epoch=1)
     with pytest.raises(ConfigError, match="trained by 2 workers; resume it with train.workers=2"):
         fit(RegressionTask(), TrainConfig(run_name="r", storage_path=str(tmp_path / "storage"),
                                           workers=1, steps=8))

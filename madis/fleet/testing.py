@@ -8,14 +8,15 @@ reader never sees it half written) from an export directory, without a DeepSpeed
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
-from madis.train.checkpoints import COMPLETE, EXPORT_DIR, METADATA, TRAIN_STATE, checkpoint_dir_name
+from madis.train.checkpoints import (
+    EXPORT_DIR, METADATA, checkpoint_dir_name, write_complete, write_layout,
+)
 
 
 def write_checkpoint(run_url: str, step: int, export_dir: str | Path, *, epoch: int = 0,
@@ -24,7 +25,7 @@ def write_checkpoint(run_url: str, step: int, export_dir: str | Path, *, epoch: 
     """Copy the local ``export_dir`` into ``{run_url}/checkpoint_<step>/export`` with a
     ``metadata.json`` (step, epoch, ``task``, metrics) and ``train_state.json``, then write
     ``COMPLETE`` (unless ``complete`` is False: a checkpoint still being uploaded, finished by
-    :func:`mark_complete`). Returns the checkpoint URL.
+    :func:`~madis.train.checkpoints.write_complete`). Returns the checkpoint URL.
     """
     url = f"{str(run_url).rstrip('/')}/{checkpoint_dir_name(step)}"
     fs, root = fsspec.core.url_to_fs(url)
@@ -34,18 +35,8 @@ def write_checkpoint(run_url: str, step: int, export_dir: str | Path, *, epoch: 
             rel = path.relative_to(export_dir).as_posix()
             fs.makedirs(f"{root}/{EXPORT_DIR}/{Path(rel).parent.as_posix()}", exist_ok=True)
             fs.put_file(str(path), f"{root}/{EXPORT_DIR}/{rel}")
-    meta = {"step": step, "epoch": epoch, "task": task or {}, "metrics": metrics,
-            "time": time.time()}
-    fs.pipe_file(f"{root}/{EXPORT_DIR}/{METADATA}", json.dumps(meta).encode())
-    fs.pipe_file(f"{root}/{TRAIN_STATE}", json.dumps({"step": step, "epoch": epoch}).encode())
+    write_layout(url, train_state={"step": step, "epoch": epoch}, metadata={
+        "step": step, "epoch": epoch, "task": task or {}, "metrics": metrics, "time": time.time()})
     if complete:
-        mark_complete(url, step, epoch=epoch, metrics=metrics)
+        write_complete(url, step, epoch=epoch, metrics=metrics)
     return url
-
-
-def mark_complete(checkpoint_url: str, step: int, *, epoch: int = 0,
-                  metrics: dict[str, float] | None = None) -> None:
-    """Write the ``COMPLETE`` marker of a checkpoint (its last file)."""
-    body = json.dumps({"step": step, "epoch": epoch, "metrics": dict(metrics or {})})
-    with fsspec.open(f"{checkpoint_url.rstrip('/')}/{COMPLETE}", "w") as f:
-        f.write(body)

@@ -21,7 +21,9 @@ import torch
 from madis.mdlm import testing
 from madis.mdlm.config import ModelConfig
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
-from madis.train.checkpoints import COMPLETE, EXPORT_DIR, METADATA, checkpoint_dir_name
+from madis.train.checkpoints import (
+    EXPORT_DIR, METADATA, checkpoint_dir_name, write_complete, write_json,
+)
 
 #: the MDLM tests' tiny sizes (:mod:`madis.mdlm.testing`), decoded in 6 steps, byte-level text
 TINY_MODEL = {**testing.TINY_MODEL, "num_steps": 6, "text_tokenizer": "bytes"}
@@ -70,7 +72,7 @@ def write_export(directory: str | Path, tokenizer: DecoupledTokenizer, *, model_
             "task": {"name": "mdlm", "stage": "finetune", "shards": list(shards),
                      "motion_format": tokenizer.format.name},
             "metrics": {"val_loss": 1.0 / step}}
-    (d / METADATA).write_text(json.dumps(meta, indent=1))
+    write_json(str(d / METADATA), meta, indent=1)
     return d
 
 
@@ -93,7 +95,7 @@ def write_run(root: str | Path, steps: Sequence[int] = (10, 20), *, fmt: str = "
         ckpt = root / "finetune" / checkpoint_dir_name(step)
         exports[step] = str(write_export(ckpt / EXPORT_DIR, tok, model_cfg=model_cfg, seed=step,
                                          step=step, shards=[str(tokens)], full_length=full_length))
-        (ckpt / COMPLETE).write_text(json.dumps({"step": step, "epoch": 0, "metrics": {}}))
+        write_complete(str(ckpt), step)
     return exports
 
 

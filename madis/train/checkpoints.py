@@ -10,7 +10,10 @@ A run ``{storage_path}/{run_name}/`` holds one directory per checkpoint::
         COMPLETE                 written last, once every rank's files are in storage
 
 A reader trusts a checkpoint only when ``COMPLETE`` exists (complete-or-absent): Ray uploads the
-ranks' files one after another, so a directory without it may be half written.
+ranks' files one after another, so a directory without it may be half written. The loop's own
+files are written here (:func:`write_layout`), and :func:`write_complete` is the one writer of
+the marker: the loop, the retention and the test helpers that write runs all call it
+(docs/data-formats.md#checkpoints).
 
 Retention (:func:`prune_checkpoints`, ``train.keep_checkpoints``): the loop keeps the newest
 complete checkpoints and the one the eval fleet's ``best.json`` names; an older one loses its
@@ -73,6 +76,45 @@ class CheckpointInfo:
 
 def _join(url: str, name: str) -> str:
     return f"{str(url).rstrip('/')}/{name}"
+
+
+def write_json(url: str, doc: Any, **dump_kwargs: Any) -> None:
+    """Write ``doc`` as JSON at ``url`` (a local path or any fsspec URL), directories created."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    parent = path.rstrip("/").rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "w") as f:
+        json.dump(doc, f, **dump_kwargs)
+
+
+def write_layout(checkpoint_dir: str, *, train_state: dict[str, Any],
+                 metadata: dict[str, Any]) -> None:
+    """The loop's files of a checkpoint, beside DeepSpeed's engine state and the task's export:
+    ``train_state.json`` (the loop position) and ``export/metadata.json`` (step, epoch, run name,
+    task, train config, metrics)."""
+    write_json(_join(checkpoint_dir, TRAIN_STATE), train_state)
+    write_json(_join(_join(checkpoint_dir, EXPORT_DIR), METADATA), metadata, indent=2)
+
+
+def write_complete(checkpoint_url: str, step: int, *, epoch: int = 0,
+                   metrics: dict[str, Any] | None = None) -> None:
+    """Write the ``COMPLETE`` marker of a checkpoint, ``{"step", "epoch", "metrics"}``: the last
+    file of a checkpoint, written only once every other file is in storage."""
+    write_json(_join(checkpoint_url, COMPLETE),
+               {"step": int(step), "epoch": int(epoch), "metrics": dict(metrics or {})})
+
+
+def read_train_state(checkpoint_url: str) -> dict[str, Any]:
+    """``train_state.json`` of a checkpoint: step, epoch, batch_in_epoch, samples,
+    skipped_batches, world_size.
+
+    Raises:
+        FileNotFoundError: no train state there.
+    """
+    fs, root = fsspec.core.url_to_fs(str(checkpoint_url))
+    with fs.open(_join(root, TRAIN_STATE), "r") as f:
+        return json.load(f)
 
 
 def list_checkpoints(run_url: str) -> list[CheckpointInfo]:
@@ -174,10 +216,10 @@ def prune_checkpoints(run_url: str, keep: int) -> list[CheckpointInfo]:
         fs.rm(f"{directory}/{COMPLETE}")  # readers (the fleet, Serve) stop trusting it first
         try:
             if best_step() == ckpt.step:  # ranked best while we were at it: keep it after all
-                _mark(fs, directory, ckpt)
+                _keep(fs, directory, ckpt)
                 continue
         except (OSError, ValueError):
-            _mark(fs, directory, ckpt)
+            _keep(fs, directory, ckpt)
             continue
         fs.invalidate_cache()
         for entry in fs.ls(directory, detail=False):
@@ -187,8 +229,7 @@ def prune_checkpoints(run_url: str, keep: int) -> list[CheckpointInfo]:
     return removed
 
 
-def _mark(fs, directory: str, ckpt: CheckpointInfo) -> None:
+def _keep(fs, directory: str, ckpt: CheckpointInfo) -> None:
     """Put back the ``COMPLETE`` marker of a checkpoint whose pruning was called off."""
-    with fs.open(f"{directory}/{COMPLETE}", "w") as f:
-        json.dump({"step": ckpt.step, "epoch": ckpt.epoch, "metrics": ckpt.metrics}, f)
+    write_complete(ckpt.url, ckpt.step, epoch=ckpt.epoch, metrics=ckpt.metrics)
     fs.rm(f"{directory}/{PRUNED}")

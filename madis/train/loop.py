@@ -15,6 +15,11 @@ as an uninterrupted one.
 Non-finite losses. A batch whose loss is NaN/inf on any rank is skipped on every rank (no
 backward, no step) and counted; ``max_bad_steps`` in a row end the run without a new
 checkpoint, and :func:`fit` raises :class:`NonFiniteLossError` naming the last good one.
+
+Checkpoints. The loop decides when and in which order a checkpoint is written (every rank's
+engine state, rank 0's export and loop files, Ray's upload, a barrier, then the marker); what the
+files are called and hold is :mod:`madis.train.checkpoints`' (``write_layout``,
+``write_complete``; docs/data-formats.md#checkpoints).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ import torch
 from madis.config import ConfigError, to_dict
 from madis.runs import absolute, run_url
 from madis.train.checkpoints import (
-    COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, METADATA, STOPPED, TRAIN_STATE, CheckpointInfo,
-    checkpoint_dir_name, latest_checkpoint, prune_checkpoints,
+    COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, STOPPED, CheckpointInfo, checkpoint_dir_name,
+    latest_checkpoint, prune_checkpoints, read_train_state, write_complete, write_layout,
 )
 from madis.train.config import TrainConfig
 from madis.train.events import TENSORBOARD_DIR, EventMirror, LiveEvents
@@ -206,21 +211,18 @@ def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict
         export = os.path.join(local, EXPORT_DIR)
         _export_module(engine, cfg, task, export, rank)
         if rank == 0:
-            meta = {"step": state.step, "epoch": state.epoch, "run_name": cfg.run_name,
-                    "task": task.describe(), "train": to_dict(cfg), "metrics": metrics,
-                    "time": time.time()}
-            with open(os.path.join(export, METADATA), "w") as f:
-                json.dump(meta, f, indent=2)
-            with open(os.path.join(local, TRAIN_STATE), "w") as f:
-                json.dump(to_dict(state), f)
+            write_layout(local, train_state=to_dict(state), metadata={
+                "step": state.step, "epoch": state.epoch, "run_name": cfg.run_name,
+                "task": task.describe(), "train": to_dict(cfg), "metrics": metrics,
+                "time": time.time()})
         ray.train.report({**metrics, "step": state.step, "epoch": state.epoch},
                          checkpoint=ray.train.Checkpoint.from_directory(local),
                          checkpoint_dir_name=checkpoint_dir_name(state.step))
         # every rank's synchronous upload has returned once all ranks pass this barrier
         _dist().barrier()
         if rank == 0:
-            persisted = ray.train.get_checkpoint()
-            _mark_complete(persisted, state, metrics)
+            write_complete(f"{run_url}/{checkpoint_dir_name(state.step)}", state.step,
+                           epoch=state.epoch, metrics=metrics)
             log = logging.getLogger(__name__)
             if events is not None:
                 try:
@@ -235,13 +237,7 @@ def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _mark_complete(checkpoint, state: TrainState, metrics: dict[str, float]) -> None:
-    body = json.dumps({"step": state.step, "epoch": state.epoch, "metrics": metrics})
-    with checkpoint.filesystem.open_output_stream(f"{checkpoint.path}/{COMPLETE}") as f:
-        f.write(body.encode())
-
-
-def _restore(engine, rank: int, world_size: int) -> TrainState | None:
+def _restore(engine, rank: int, world_size: int, run_url: str) -> TrainState | None:
     """Load Ray's latest checkpoint into the engine; the loop position it holds, or ``None``."""
     import ray.train
 
@@ -249,8 +245,7 @@ def _restore(engine, rank: int, world_size: int) -> TrainState | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        with open(os.path.join(d, TRAIN_STATE)) as f:
-            state = TrainState(**json.load(f))
+        state = TrainState(**read_train_state(d))
         if state.world_size != world_size:
             raise RuntimeError(
                 f"checkpoint {ckpt.path} was written by {state.world_size} workers; resume "
@@ -258,13 +253,12 @@ def _restore(engine, rank: int, world_size: int) -> TrainState | None:
         path, _ = engine.load_checkpoint(os.path.join(d, DEEPSPEED_DIR), tag=f"step{state.step}")
         if path is None:
             raise RuntimeError(f"DeepSpeed found no engine state in {ckpt.path}")
-    import pyarrow.fs
-
-    marker = ckpt.filesystem.get_file_info(f"{ckpt.path}/{COMPLETE}")
-    if rank == 0 and marker.type == pyarrow.fs.FileType.NotFound:
+    url = f"{run_url}/{ckpt.path.rstrip('/').rsplit('/', 1)[-1]}"
+    fs, root = fsspec.core.url_to_fs(url)
+    if rank == 0 and not fs.exists(f"{root}/{COMPLETE}"):
         # Ray registered it, so every rank's files are there: a crash hit between report and
         # marker. Mark it now so storage readers see it too.
-        _mark_complete(ckpt, state, {})
+        write_complete(url, state.step, epoch=state.epoch)
     return state
 
 
@@ -308,7 +302,8 @@ class _Worker:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler,
             config=deepspeed_config(cfg))
-        self.state = _restore(self.engine, self.rank, self.world) or TrainState(world_size=self.world)
+        self.state = (_restore(self.engine, self.rank, self.world, run_url)
+                      or TrainState(world_size=self.world))
         self.writer = self.pbar = self.events = None
         if self.rank == 0 and self.state.step:
             print(f"[madis] {cfg.run_name}: resumed from the checkpoint at step "
@@ -605,8 +600,7 @@ def fit(task: Task, cfg: TrainConfig) -> FitResult:
     last = latest_checkpoint(url)
     fs, root = fsspec.core.url_to_fs(url)
     if last is not None:
-        with fs.open(f"{root}/{last.url.rstrip('/').rsplit('/', 1)[-1]}/{TRAIN_STATE}") as f:
-            written_by = json.load(f)["world_size"]
+        written_by = read_train_state(last.url)["world_size"]
         if written_by != cfg.workers:
             raise ConfigError(f"run {url} was trained by {written_by} workers; resume it with "
                               f"train.workers={written_by} (the data position is per rank) or "
