@@ -388,7 +388,7 @@ class Runner:
 def evaluate_export(export: str, refs: dict, fmt: str, seed: int) -> tuple[dict, dict]:
     """Scores of one trained export on every split: ``({split: scores}, info)``."""
     from madis.mdlm.predict import predict_references
-    from madis.mdlm.task import load_generator
+    from madis.mdlm.exports import load_generator
 
     model = load_generator(export)
     out = {}
@@ -454,7 +454,7 @@ def main(argv=None) -> dict:
     from madis.data.s3server import LocalS3Server
     from madis.data.sample import build_sample_corpus, is_up_to_date
     from madis.data.shards import read_manifest
-    from madis.mdlm.task import load_tokenizer
+    from madis.mdlm.exports import load_tokenizer
     from madis.metrics.evaluation import load_references
 
     storage = str(Path(args.storage).resolve()) if args.storage else \

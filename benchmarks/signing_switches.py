@@ -212,8 +212,9 @@ def run_row(name: str, work: Path) -> dict:
     """Train (or reuse) and evaluate one row; returns its figures."""
     from madis.config import load_tree
     from madis.data.shards import read_manifest
+    from madis.mdlm.exports import load_tokenizer
     from madis.mdlm.model import MaDiSModel
-    from madis.mdlm.task import load_tokenizer, model_config
+    from madis.mdlm.task import model_config
 
     overrides, variant = ROWS[name]
     overrides = [*overrides, *EXTRA]

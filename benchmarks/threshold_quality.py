@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from madis.metrics import evaluate
-    from madis.mdlm.task import load_generator
+    from madis.mdlm.exports import load_generator
 
     torch.set_num_threads(1)
     model = load_generator(args.export)

@@ -22,7 +22,8 @@ import argparse
 from madis import runs
 from madis.config import load_tree, section
 from madis.data.config import DataConfig
-from madis.mdlm.task import MDLMTask, model_config, export_dir
+from madis.mdlm.exports import export_dir
+from madis.mdlm.task import MDLMTask, model_config
 from madis.train import fit, latest_checkpoint, read_metadata
 from madis.train.checkpoints import write_report
 from madis.train.jobargs import job_parser, job_train_config

@@ -15,9 +15,9 @@ import torch
 from madis.config import ConfigError, load_tree
 from madis.data.shards import Sample, write_shards
 from madis.mdlm import MaDiSModel
+from madis.mdlm.exports import load_generator
 from madis.mdlm.task import (
-    MDLMTask, init_model, load_generator, model_config, read_token_manifests, token_accuracy,
-    truncate_sample,
+    MDLMTask, init_model, model_config, read_token_manifests, token_accuracy, truncate_sample,
 )
 from madis.tokenizer import DecoupledTokenizer, TokenizerConfig
 from madis.tokenizer.token_shards import write_token_shards

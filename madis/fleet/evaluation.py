@@ -185,7 +185,7 @@ class CheckpointDecoder:
         """
         if self._url == export_url:
             return self._model
-        from madis.mdlm.task import load_generator
+        from madis.mdlm.exports import load_generator
         from madis.utils.pretrained import local_copy
 
         self._url = self._model = None

@@ -141,7 +141,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from madis.mdlm.task import export_dir, load_generator
+    from madis.mdlm.exports import export_dir, load_generator
 
     if args.split or args.shards:
         if not (args.split and args.shards) or args.texts or args.lang or args.gif:

@@ -15,7 +15,7 @@ def predict_references(model, references: Mapping[str, Any], batch_size: int = 6
     its tokenizer.
 
     Args:
-        model: a generator with a tokenizer attached (:func:`madis.mdlm.task.load_generator`).
+        model: a generator with a tokenizer attached (:func:`madis.mdlm.exports.load_generator`).
         references: ``{key: Reference}`` (``text``, ``lang``), e.g.
             :func:`madis.metrics.evaluation.load_references`.
         generate_kwargs: passed to ``model.generate`` (``num_steps``, ``sampler``, ...).

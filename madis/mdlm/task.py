@@ -30,6 +30,7 @@ from torch import nn
 from madis.config import ConfigError, job_section, to_dict
 from madis.mdlm.base import SignLanguageModel, load_pretrained, model_class, saved_model_config
 from madis.mdlm.config import ModelConfig
+from madis.mdlm.exports import TOKENIZER_DIR, load_tokenizer
 from madis.mdlm.model import STAGES
 from madis.motion.base import FRAMES_PER_POSITION
 from madis.train.task import Task
@@ -41,7 +42,6 @@ ARCHITECTURE_FIELDS = ("architecture", "backbone", "hidden_size", "num_layers", 
                        "head_dim", "intermediate_size", "rope_theta", "text_tokenizer", "dtype")
 #: seed of the masks drawn for validation losses (the same masks at every checkpoint)
 VAL_SEED = 1234
-TOKENIZER_DIR = "tokenizer"
 
 
 class MDLMTrainModule(nn.Module):
@@ -68,21 +68,6 @@ def model_config(tree: Mapping[str, Any], job: str | None = None) -> ModelConfig
         ConfigError: an unknown field or a bad value in either section.
     """
     return job_section(tree, "model", job, ModelConfig)
-
-
-def export_dir(url: str) -> str:
-    """A checkpoint directory's ``export``, or ``url`` itself when it already is an export."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    return url if fs.exists(f"{root.rstrip('/')}/config.json") else f"{url.rstrip('/')}/export"
-
-
-def load_tokenizer(url: str):
-    """The frozen ``DecoupledTokenizer`` exported at ``url`` (a directory or ``s3://``)."""
-    from madis.tokenizer import DecoupledTokenizer
-
-    return DecoupledTokenizer.from_pretrained(url)
 
 
 def init_model(cfg: ModelConfig, tokenizer, init_from: str | None) -> SignLanguageModel:
@@ -352,30 +337,3 @@ def token_accuracy(generated: torch.Tensor, reference: torch.Tensor,
         generated = torch.cat([generated, pad], 1)
     same = (generated[:, :width] == reference) & reference_mask.cpu()[..., None]
     return int(same.sum()), int(reference_mask.sum()) * 3
-
-
-def load_generator(export_url: str, map_location: str | torch.device = "cpu",
-                   overrides: dict[str, Any] | None = None) -> SignLanguageModel:
-    """A trained model (MaDiS or the autoregressive baseline, as the export says) with its
-    tokenizer attached, from a checkpoint's export directory.
-
-    The tokenizer is the copy in ``export/tokenizer``, else the tokenizer checkpoint named in the
-    export's ``metadata.json``.
-
-    Raises:
-        FileNotFoundError: no model or no tokenizer found.
-    """
-    with local_copy(export_url) as local:  # a copy of an s3:// export is removed after loading
-        tok_dir = Path(local) / TOKENIZER_DIR
-        if tok_dir.is_dir():
-            tokenizer = load_tokenizer(str(tok_dir))
-        else:
-            from madis.train.checkpoints import read_metadata
-
-            try:
-                url = read_metadata(export_url)["task"]["tokenizer_checkpoint"]
-            except (FileNotFoundError, KeyError):
-                raise FileNotFoundError(f"{export_url}: no tokenizer copy and no tokenizer "
-                                        f"checkpoint in its metadata") from None
-            tokenizer = load_tokenizer(url)
-        return load_pretrained(local, tokenizer, overrides=overrides, map_location=map_location)

@@ -98,7 +98,7 @@ class LoadedModel:
             FileNotFoundError: no model or tokenizer there.
             ValueError: no languages known (``serve.languages`` empty and none recorded).
         """
-        from madis.mdlm.task import load_generator
+        from madis.mdlm.exports import load_generator
 
         model = load_generator(choice.export_url, map_location=device)
         model.eval()

@@ -46,7 +46,7 @@ class ModelChoice:
 
 
 def _from_best(run_url: str, best: dict) -> ModelChoice:
-    from madis.mdlm.task import export_dir
+    from madis.mdlm.exports import export_dir
 
     try:
         entry = best["best"]
@@ -79,7 +79,7 @@ def choose_model(run_url: str | None, checkpoint: str | None = None) -> ModelCho
         OSError: the storage cannot be read.
     """
     from madis import runs
-    from madis.mdlm.task import export_dir
+    from madis.mdlm.exports import export_dir
     from madis.train.checkpoints import read_metadata
 
     if checkpoint:

@@ -58,7 +58,7 @@ def write_export(directory: str | Path, tokenizer: DecoupledTokenizer, *, model_
             random position, often the first).
     """
     from madis.mdlm.base import model_class
-    from madis.mdlm.task import TOKENIZER_DIR
+    from madis.mdlm.exports import TOKENIZER_DIR
 
     torch.manual_seed(seed)
     model = model_class(model_cfg.architecture)(model_cfg, tokenizer)
