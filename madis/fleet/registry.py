@@ -156,6 +156,9 @@ def update_best(doc: Mapping[str, Any] | None, entry: Mapping[str, Any] | None, 
     Raises:
         ValueError: ``mode`` is not max/min, or an entry has an unknown status.
     """
+    # imported here: the madis.train package loads torch, which readers of best.json don't need
+    from madis.train.checkpoints import export_url
+
     if mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
     history = [dict(h) for h in (doc or {}).get("history", [])]
@@ -173,7 +176,7 @@ def update_best(doc: Mapping[str, Any] | None, entry: Mapping[str, Any] | None, 
             best = h
     best_doc = None if best is None else {
         "step": best["step"], "checkpoint_url": best["checkpoint_url"],
-        "export_url": f"{best['checkpoint_url'].rstrip('/')}/export", "value": best["value"],
+        "export_url": export_url(best["checkpoint_url"]), "value": best["value"],
         "metrics": dict(best["metrics"])}
     return {"metric": metric, "mode": mode, "best": best_doc, "history": history,
             "updated_at": now_iso()}

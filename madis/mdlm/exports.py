@@ -26,8 +26,10 @@ def export_dir(url: str) -> str:
     """A checkpoint directory's ``export``, or ``url`` itself when it already is an export."""
     import fsspec
 
+    from madis.train.checkpoints import export_url
+
     fs, root = fsspec.core.url_to_fs(url)
-    return url if fs.exists(f"{root.rstrip('/')}/config.json") else f"{url.rstrip('/')}/export"
+    return url if fs.exists(f"{root.rstrip('/')}/config.json") else export_url(url)
 
 
 def load_tokenizer(url: str):

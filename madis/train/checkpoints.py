@@ -52,6 +52,11 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
 
+def export_url(checkpoint_url: str) -> str:
+    """The export directory (``from_pretrained``-loadable inference weights) of a checkpoint."""
+    return f"{str(checkpoint_url).rstrip('/')}/{EXPORT_DIR}"
+
+
 @dataclass
 class CheckpointInfo:
     """A complete checkpoint in storage.
@@ -71,7 +76,7 @@ class CheckpointInfo:
     @property
     def export_url(self) -> str:
         """Inference weights (``from_pretrained``-loadable) of this checkpoint."""
-        return f"{self.url.rstrip('/')}/{EXPORT_DIR}"
+        return export_url(self.url)
 
 
 def _join(url: str, name: str) -> str:
