@@ -31,21 +31,18 @@ REPO = Path(__file__).resolve().parent.parent
 
 def references(shards: str, tokenizer) -> dict[str, dict]:
     """``{"test": refs, "novel": refs}`` with tokens from ``tokenizer``."""
-    from madis.data.sample import novel_word_samples
+    from compare_quality import novel_references  # this directory: the novel words, tokenized
+
     from madis.metrics.evaluation import load_references
     from madis.metrics.predictions import Reference
 
     _, test = load_references(shards, "test")
-    novel = {s.key: Reference(text=s.text, motion=s.motion.astype(np.float16).astype(np.float32),
-                              tokens=None, lang=s.lang) for s in novel_word_samples()}
-    out = {}
     with torch.no_grad():
-        for split, refs in (("test", test), ("novel", novel)):
-            out[split] = {k: Reference(text=r.text, motion=r.motion, lang=r.lang,
-                                       tokens=tokenizer.encode(torch.as_tensor(r.motion)[None],
-                                                               None)[0].cpu().numpy())
-                          for k, r in refs.items()}
-    return out
+        test = {k: Reference(text=r.text, motion=r.motion, lang=r.lang,
+                             tokens=tokenizer.encode(torch.as_tensor(r.motion)[None],
+                                                     None)[0].cpu().numpy())
+                for k, r in test.items()}
+    return {"test": test, "novel": novel_references(tokenizer)}
 
 
 def decode(model, refs: dict, **kwargs) -> tuple[dict, float, dict]:
