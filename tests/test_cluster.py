@@ -125,11 +125,7 @@ def _ok(out, what: str) -> str:
 
 def _actors(cluster, class_prefix: str) -> list:
     """Every actor (alive or dead) whose class name starts with ``class_prefix``."""
-    from ray.util.state import list_actors
-
-    return [a for a in list_actors(address=cluster.address, detail=True, limit=10000,
-                                   raise_on_missing_output=False)
-            if a.class_name.startswith(class_prefix)]
+    return [a for a in cluster.list_state("actors") if a.class_name.startswith(class_prefix)]
 
 
 def _fleet_summary(logs: str) -> dict:
@@ -276,9 +272,7 @@ def _statuses(doc: dict | None) -> dict[int, str]:
 
 
 def _job_id(cluster, submission_id: str) -> str:
-    from ray.job_submission import JobSubmissionClient
-
-    return JobSubmissionClient(cluster.address).get_job_info(submission_id).job_id
+    return cluster.jobs().get_job_info(submission_id).job_id
 
 
 def _wait_for(condition, cluster, timeout_s: float, what: str) -> None:

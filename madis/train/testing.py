@@ -211,14 +211,34 @@ class LocalCluster:
                 if not k.startswith(("RAY_", "AWS_")) and k != "HOME"}
         self.env = {**base, **(env or {}), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1",
                     "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"}
-        # this process's state-API calls (and any ray.init) authenticate with the token too
-        self._old_env = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=self.token)
 
     @property
     def address(self) -> str:
         """The head's dashboard and job server (``ray job submit --address``)."""
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The token as an HTTP header for this process's job and state-API clients: Ray reads
+        ``RAY_AUTH_MODE`` once, when ``ray`` is imported, so setting it here would come too late
+        in a process (a pytest session) that imported Ray before the cluster existed."""
+        with open(self.token) as f:
+            return {"Authorization": f"Bearer {f.read().strip()}"}
+
+    def jobs(self):
+        """A :class:`ray.job_submission.JobSubmissionClient` of the head, authenticated."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers=self.auth_headers())
+
+    def list_state(self, resource: str, filters: list | None = None) -> list:
+        """Ray's state API (detail on, up to 10,000 entries), authenticated: ``resource`` is a
+        :class:`ray.util.state.common.StateResource` value such as ``"nodes"`` or ``"actors"``."""
+        from ray.util.state import StateApiClient
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        client = StateApiClient(self.address, headers=self.auth_headers())
+        return client.list(StateResource(resource), ListApiOptions(
+            limit=10000, detail=True, filters=filters or []), raise_on_missing_output=False)
 
     def client_env(self) -> dict[str, str]:
         """Environment for the Ray CLI and the state API on this machine (outside the nodes)."""
@@ -271,11 +291,8 @@ class LocalCluster:
 
     def alive_nodes(self) -> dict[str, str]:
         """The head's view: node name (its ``madis-node`` label) -> Ray node id, alive nodes only."""
-        from ray.util.state import list_nodes
-
         return {n.labels.get("madis-node", ""): n.node_id
-                for n in list_nodes(address=self.address, filters=[("state", "=", "ALIVE")],
-                                    detail=True, raise_on_missing_output=False)}
+                for n in self.list_state("nodes", [("state", "=", "ALIVE")])}
 
     def wait_alive(self, name: str, timeout_s: float = 300) -> str:
         """Wait until node ``name`` is alive in the head's view; returns its node id.
@@ -336,14 +353,10 @@ class LocalCluster:
 
     def job_status(self, submission_id: str) -> str:
         """``PENDING``, ``RUNNING``, ``SUCCEEDED``, ``FAILED`` or ``STOPPED``."""
-        from ray.job_submission import JobSubmissionClient
-
-        return str(JobSubmissionClient(self.address).get_job_status(submission_id).value)
+        return str(self.jobs().get_job_status(submission_id).value)
 
     def job_logs(self, submission_id: str) -> str:
-        from ray.job_submission import JobSubmissionClient
-
-        return JobSubmissionClient(self.address).get_job_logs(submission_id)
+        return self.jobs().get_job_logs(submission_id)
 
     def wait_job(self, submission_id: str, timeout_s: float = 1800,
                  until: tuple[str, ...] = ("SUCCEEDED", "FAILED", "STOPPED")) -> str:
@@ -368,9 +381,7 @@ class LocalCluster:
             time.sleep(2)
 
     def stop_job(self, submission_id: str) -> None:
-        from ray.job_submission import JobSubmissionClient
-
-        JobSubmissionClient(self.address).stop_job(submission_id)
+        self.jobs().stop_job(submission_id)
 
     def kill(self, name: str) -> None:
         """Lose node ``name`` at once: SIGKILL its PID namespace (every process of the node)."""
@@ -405,11 +416,6 @@ class LocalCluster:
                     continue
             node.proc.wait(60)
             del self.nodes[name]
-        for k, v in self._old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
     def __enter__(self) -> "LocalCluster":
         return self
