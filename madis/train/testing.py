@@ -192,6 +192,9 @@ class LocalCluster:
         logs: a directory for each node's ``ray start`` output (``<name>.log``).
         env: extra environment of every node, e.g. S3 endpoint and credentials (what an instance
             profile gives a cloud node).
+    Raises:
+        RuntimeError: the checkout or its virtual environment lies under /tmp (hidden from the
+            nodes by their private /tmp).
     """
 
     def __init__(self, token: str | os.PathLike, logs: str | os.PathLike,
@@ -204,6 +207,12 @@ class LocalCluster:
         self.logs = os.path.abspath(logs)
         os.makedirs(self.logs, exist_ok=True)
         self.bin = os.path.dirname(sys.executable)
+        checkout = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        for what, path in (("virtual environment", self.bin), ("checkout", checkout)):
+            if os.path.realpath(path).startswith("/tmp/"):
+                raise RuntimeError(f"the {what} is under /tmp ({path}), which every node of a "
+                                   f"LocalCluster replaces by a private tmpfs: the nodes could "
+                                   f"not start Ray from it; use a checkout outside /tmp")
         self.gcs_port, self.dashboard_port = free_port(), free_port()
         self.nodes: dict[str, ClusterNode] = {}
         self._ports = 20000  # worker port ranges: one block of 1000 per node, never reused
