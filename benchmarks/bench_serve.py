@@ -16,12 +16,17 @@ Streaming (issue 15): the same rounds against ``POST /generate/stream`` of the
 ``--stream-batch`` application at each ``--stream-concurrency``: the time to the first motion
 (the first ``event: stage``, UTC's quarter-resolution stage) against the time to the final answer
 (``event: done``), medians over the round's requests, and, for the same round, ``/generate``'s
-latency at that concurrency. Target: first motion at <= 0.4x the final answer. Run::
+latency at that concurrency. Target: first motion at <= 0.4x the final answer.
+``--concurrent-batches 1 2`` makes every application once per ``serve.concurrent_batches``
+value (one batch at a time, or two taking turns stage by stage), measured interleaved in the
+same rounds. Run::
 
     scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py            # about 4 min
     scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py --batch-sizes 1 8 --repeats 1
     scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py --batch-sizes 8 --concurrency 8 \
         --stream-concurrency 1 8                                               # streaming only
+    scripts/loopback.sh .venv/bin/python benchmarks/bench_serve.py --batch-sizes 8 --concurrency 8 32 \
+        --stream-concurrency 1 8 --concurrent-batches 1 2                      # stage turns vs none
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ def parse_args(argv=None):
                    help="concurrency levels of the streaming rounds (none: skip them)")
     p.add_argument("--stream-batch", type=int, default=None,
                    help="the application streamed from (default: the largest batch size)")
+    p.add_argument("--concurrent-batches", type=int, nargs="+", default=None,
+                   help="serve.concurrent_batches of the applications, one set per value (the "
+                        "first is the baseline of the comparison; default: the profile's)")
     p.add_argument("--json", default=None, help="also write the results here")
     return p.parse_args(argv)
 
@@ -87,73 +95,79 @@ def main(argv=None) -> list[dict]:
               tokenizer_overrides={k: tok[k] for k in ("width", "code_dim", "codebook_sizes", "depth",
                                                        "dilation_growth_rate")})
     load_before = os.getloadavg()
-    ray.init(address="local", num_cpus=len(args.batch_sizes) + 1, include_dashboard=False,
-             log_to_driver=False)
+    sets = args.concurrent_batches or [base.concurrent_batches]
+    ray.init(address="local", num_cpus=len(args.batch_sizes) * len(sets) + 1,
+             include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     urls = {}
-    for b in args.batch_sizes:
-        cfg = ServeConfig(**{**to_dict(base), "port": port, "app_name": f"b{b}",
-                             "route_prefix": f"/b{b}", "min_replicas": 1, "max_replicas": 1,
-                             "max_batch_size": b, "max_ongoing_requests": max(b, max(args.concurrency)),
-                             "batch_wait_s": (base.batch_wait_s if args.batch_wait_s is None
-                                              else args.batch_wait_s) if b > 1 else 0.0,
-                             "replica_cpus": 1.0, "torch_threads": args.threads})
-        serve.run(build_app(cfg, run_url=f"{root}/finetune"), name=cfg.app_name,
-                  route_prefix=cfg.route_prefix, blocking=False)
-        urls[b] = f"http://127.0.0.1:{port}/b{b}/generate"
+    for n in sets:
+        for b in args.batch_sizes:
+            name = f"b{b}" if len(sets) == 1 else f"b{b}c{n}"
+            cfg = ServeConfig(**{
+                **to_dict(base), "port": port, "app_name": name, "route_prefix": f"/{name}",
+                "min_replicas": 1, "max_replicas": 1, "max_batch_size": b,
+                "concurrent_batches": n, "max_ongoing_requests": max(b * n, max(args.concurrency)),
+                "batch_wait_s": (base.batch_wait_s if args.batch_wait_s is None
+                                 else args.batch_wait_s) if b > 1 else 0.0,
+                "replica_cpus": 1.0, "torch_threads": args.threads})
+            serve.run(build_app(cfg, run_url=f"{root}/finetune"), name=cfg.app_name,
+                      route_prefix=cfg.route_prefix, blocking=False)
+            urls[b, n] = f"http://127.0.0.1:{port}/{name}/generate"
     payloads = [{"text": t, "lang": lg} for t, lg in TEXTS]
     for url in urls.values():  # warm up: first calls build caches and JIT paths
         run_load(url, payloads, total=8, concurrency=4)
 
-    rounds: dict[tuple[int, int], list] = {}
+    rounds: dict[tuple[int, int, int], list] = {}
     for c in args.concurrency:
         total = max(16, args.requests * c)
         for _ in range(args.repeats):
-            for b, url in urls.items():
+            for (b, n), url in urls.items():
                 rep = run_load(url, payloads, total=total, concurrency=c)
                 if rep.failed:
-                    raise RuntimeError(f"batch {b} concurrency {c}: {rep.summary()}")
+                    raise RuntimeError(f"batch {b} x {n} concurrency {c}: {rep.summary()}")
                 sizes = [t["batch_size"] for t in rep.timings]
-                rounds.setdefault((c, b), []).append((rep, statistics.mean(sizes)))
+                rounds.setdefault((c, b, n), []).append((rep, statistics.mean(sizes)))
     streams = stream_rounds(args, urls, payloads)
     load_after = os.getloadavg()
     serve.shutdown()
     ray.shutdown()
 
     rows = []
-    for (c, b), reps in rounds.items():
+    for (c, b, n), reps in rounds.items():
         rps = [r.requests_per_s for r, _ in reps]
         mid = sorted(range(len(reps)), key=lambda i: rps[i])[len(reps) // 2]
         rep, mean_batch = reps[mid]
-        rows.append({"concurrency": c, "max_batch_size": b, "requests": rep.total,
-                     "p50_ms": rep.percentile_ms(50), "p99_ms": rep.percentile_ms(99),
-                     "requests_per_s": rep.requests_per_s, "mean_batch": mean_batch})
-    by = {(r["concurrency"], r["max_batch_size"]): r for r in rows}
-    b0 = args.batch_sizes[0]
+        rows.append({"concurrency": c, "max_batch_size": b, "concurrent_batches": n,
+                     "requests": rep.total, "p50_ms": rep.percentile_ms(50),
+                     "p99_ms": rep.percentile_ms(99), "requests_per_s": rep.requests_per_s,
+                     "mean_batch": mean_batch})
+    by = {(r["concurrency"], r["max_batch_size"], r["concurrent_batches"]): r for r in rows}
+    b0, n0 = args.batch_sizes[0], sets[0]
     for r in rows:
-        r["speedup"] = r["requests_per_s"] / by[(r["concurrency"], b0)]["requests_per_s"]
+        r["speedup"] = r["requests_per_s"] / by[(r["concurrency"], b0, n0)]["requests_per_s"]
     print(f"\nbench_serve: profile {args.profile}, {len(TEXTS)} texts, full-length decoding "
           f"(N = {model.get('num_positions')}, K = {model.get('num_steps')}), 1 replica per app, "
           f"{args.threads} torch thread(s); {os.cpu_count()} cores, load average "
           f"{load_before[0]:.1f} before / {load_after[0]:.1f} after\n")
-    print("| concurrency | max_batch_size | mean batch | p50 ms | p99 ms | req/s | speed-up vs batch "
-          f"{b0} |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for r in sorted(rows, key=lambda r: (r["concurrency"], r["max_batch_size"])):
-        print(f"| {r['concurrency']} | {r['max_batch_size']} | {r['mean_batch']:.1f} | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['requests_per_s']:.2f} | "
-              f"{r['speedup']:.2f}x |")
+    print("| concurrency | max_batch_size | concurrent_batches | mean batch | p50 ms | p99 ms | "
+          f"req/s | speed-up vs batch {b0} x {n0} |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(rows, key=lambda r: (r["concurrency"], r["max_batch_size"],
+                                         r["concurrent_batches"])):
+        print(f"| {r['concurrency']} | {r['max_batch_size']} | {r['concurrent_batches']} | "
+              f"{r['mean_batch']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+              f"{r['requests_per_s']:.2f} | {r['speedup']:.2f}x |")
     if streams:
         b = args.stream_batch or max(args.batch_sizes)
         print(f"\nStreaming: POST /generate/stream of the max_batch_size {b} application, "
               f"medians over each round's requests (median round)\n")
-        print("| concurrency | first motion ms | final answer ms | first / final | "
-              "POST /generate ms (same round) |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| concurrency | concurrent_batches | first motion ms | final answer ms | "
+              "first / final | POST /generate ms (same round) |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for r in streams:
-            print(f"| {r['concurrency']} | {r['first_ms']:.0f} | {r['final_ms']:.0f} | "
-                  f"{r['ratio']:.2f}x | {r['plain_ms']:.0f} |")
+            print(f"| {r['concurrency']} | {r['concurrent_batches']} | {r['first_ms']:.0f} | "
+                  f"{r['final_ms']:.0f} | {r['ratio']:.2f}x | {r['plain_ms']:.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": rows, "streams": streams, "load_before": load_before,
@@ -166,22 +180,27 @@ def stream_rounds(args, urls: dict, payloads: list) -> list[dict]:
     times ``/generate`` alone at the same concurrency, interleaved)."""
     if not args.stream_concurrency:
         return []
-    url = urls[args.stream_batch or max(args.batch_sizes)]
+    b = args.stream_batch or max(args.batch_sizes)
+    apps = {n: url for (bb, n), url in urls.items() if bb == b}
     out = []
     for c in args.stream_concurrency:
         total = max(16, args.requests * c)
-        rounds = []
+        rounds: dict[int, list] = {}
         for _ in range(args.repeats):
-            rep = run_load(url + "/stream", payloads, total=total, concurrency=c, stream=True)
-            plain = run_load(url, payloads, total=total, concurrency=c)
-            if rep.failed or plain.failed:
-                raise RuntimeError(f"stream concurrency {c}: {rep.summary()} {plain.summary()}")
-            first = 1e3 * statistics.median(rep.first_event_s)
-            final = rep.percentile_ms(50)
-            rounds.append({"concurrency": c, "first_ms": first, "final_ms": final,
-                           "ratio": first / final, "plain_ms": plain.percentile_ms(50)})
-        rounds.sort(key=lambda r: r["ratio"])
-        out.append(rounds[len(rounds) // 2])
+            for n, url in apps.items():  # interleaved: load from elsewhere hits each alike
+                rep = run_load(url + "/stream", payloads, total=total, concurrency=c, stream=True)
+                plain = run_load(url, payloads, total=total, concurrency=c)
+                if rep.failed or plain.failed:
+                    raise RuntimeError(f"stream concurrency {c}: {rep.summary()} "
+                                       f"{plain.summary()}")
+                first = 1e3 * statistics.median(rep.first_event_s)
+                final = rep.percentile_ms(50)
+                rounds.setdefault(n, []).append({
+                    "concurrency": c, "concurrent_batches": n, "first_ms": first,
+                    "final_ms": final, "ratio": first / final, "plain_ms": plain.percentile_ms(50)})
+        for n, rs in rounds.items():
+            rs.sort(key=lambda r: r["ratio"])
+            out.append(rs[len(rs) // 2])
     return out
 
 

@@ -93,10 +93,15 @@ def test_a_missing_model_file_is_a_503_that_keeps_its_path_private(tmp_path):
 def test_serve_section_in_both_profiles_and_its_checks():
     for profile in ("cpu-tiny", "paper"):
         cfg = section(load_tree(profile), "serve", ServeConfig)
-        assert cfg.host == "127.0.0.1" and cfg.max_ongoing_requests >= cfg.max_batch_size
+        assert cfg.host == "127.0.0.1" and cfg.concurrent_batches == 2
+        assert cfg.max_ongoing_requests >= cfg.max_batch_size * cfg.concurrent_batches
     assert section(load_tree("paper"), "serve", ServeConfig).replica_gpus == 1.0
-    with pytest.raises(ConfigError, match="never fill a batch"):
-        ServeConfig(max_batch_size=16, max_ongoing_requests=8)
+    with pytest.raises(ConfigError, match="never fill its batches"):
+        ServeConfig(max_batch_size=16, max_ongoing_requests=8, concurrent_batches=1)
+    with pytest.raises(ConfigError, match=r"\(8 x 3\)"):
+        ServeConfig(max_batch_size=8, concurrent_batches=3, max_ongoing_requests=16)
+    with pytest.raises(ConfigError, match="concurrent_batches"):
+        ServeConfig(concurrent_batches=0)
     with pytest.raises(ConfigError, match="min_replicas"):
         ServeConfig(min_replicas=3, max_replicas=2)
 
@@ -269,3 +274,70 @@ def test_an_autoregressive_export_is_served_like_a_madis_one(tmp_path):
     assert eos.tokens.shape == (2, 3) and eos.steps_used == 3  # a pinned [EOS] ends the row
     refused = lm.generate([GenerateRequest("HELLO", "ase", 6, "utc", threshold=0.9)])[0]
     assert isinstance(refused, RequestError) and refused.status == 422
+
+
+def test_stage_gate_gives_the_next_turn_to_the_least_advanced_decode():
+    import threading
+
+    from madis.serve.stage_gate import StageGate
+
+    gate, order = StageGate(), []
+    a, b, c = gate.ticket(), gate.ticket(), gate.ticket()
+    gate.acquire(2, a)  # decode a computes its stage 3
+
+    def wait_turn(stage, ticket):
+        gate.acquire(stage, ticket)
+        order.append((stage, ticket))
+        gate.release()
+
+    threads = [threading.Thread(target=wait_turn, args=k) for k in ((1, b), (0, c), (1, a))]
+    for t in threads:
+        t.start()
+    while gate.waiting < 3:  # all three queued behind a's turn
+        threading.Event().wait(0.001)
+    assert order == []
+    gate.release()
+    for t in threads:
+        t.join(10)
+    # stage first, then arrival: c's first stage, then the second stages of a and b
+    assert order == [(0, c), (1, a), (1, b)]
+    with pytest.raises(RuntimeError, match="nobody holds"):
+        gate.release()
+
+
+def test_a_batch_arriving_mid_decode_streams_its_first_stage_before_the_first_batch_ends(loaded):
+    """Two batches in flight through one gate: the second one's stage 1 runs at the first
+    batch's next stage boundary, and both answers are what each batch decodes alone."""
+    import threading
+
+    from madis.serve.requests import GenerateRequest
+    from madis.serve.stage_gate import StageGate
+
+    gate, events, second = StageGate(), [], {}
+    first_reqs = [GenerateRequest("HELLO", "ase", 6, "utc")]
+    second_reqs = [GenerateRequest("BERLIN IST GROSS", "gsg", 6, "utc")]
+
+    def start_second():
+        second["result"] = loaded.generate(second_reqs, [lambda v: events.append(("B", v.stage))],
+                                           gate)
+
+    thread = threading.Thread(target=start_second)
+
+    def first_sink(view):
+        events.append(("A", view.stage))
+        if view.stage == 1:  # the second batch arrives while the first one decodes
+            thread.start()
+            while gate.waiting < 1:
+                threading.Event().wait(0.001)
+
+    first = loaded.generate(first_reqs, [first_sink], gate)
+    thread.join(60)
+    stages = loaded.model.decoding_stages("utc")
+    assert stages == 3
+    assert events == [("A", 1), ("B", 1), ("A", 2), ("B", 2), ("A", 3), ("B", 3)]
+    for reqs, got in ((first_reqs, first), (second_reqs, second["result"])):
+        alone = loaded.generate(reqs)[0]
+        np.testing.assert_array_equal(got[0].tokens, alone.tokens)
+        np.testing.assert_allclose(got[0].motion, alone.motion, atol=1e-5)
+    assert gate.waiting == 0
+

@@ -14,7 +14,8 @@ One deployment, :class:`TextToSign`, behind a FastAPI ingress::
 
 Each replica loads the checkpoint :func:`~madis.serve.source.choose_model` picks, decodes
 requests in batches (``@serve.batch``: up to ``serve.max_batch_size`` requests, waiting at most
-``serve.batch_wait_s``) on a worker thread, and polls ``best.json`` on another thread: a new
+``serve.batch_wait_s``) on worker threads (``serve.concurrent_batches`` batches in flight,
+taking turns one UTC stage at a time, :mod:`madis.serve.stage_gate`), and polls ``best.json`` on another thread: a new
 best checkpoint is loaded beside the serving one and swapped in by one reference assignment, so
 the batch in flight finishes on the old model and the next one runs on the new (no request is
 dropped or answered by a half-loaded model). Replicas autoscale on queue length between
@@ -55,6 +56,7 @@ from madis.serve.requests import (
     parse_output_format,
 )
 from madis.serve.source import ModelChoice, choose_model
+from madis.serve.stage_gate import StageGate
 
 log = logging.getLogger("ray.serve")
 DEPLOYMENT = "TextToSign"
@@ -179,17 +181,22 @@ class TextToSign:
         self.run_url, self.checkpoint = run_url, checkpoint
         torch.set_num_threads(self.cfg.torch_threads)
         self.device = "cuda" if self.cfg.replica_gpus > 0 and torch.cuda.is_available() else "cpu"
-        # one thread for the model: batches run one at a time, the event loop stays free to
-        # accept and queue requests; renders on their own thread so a GIF never holds a batch
-        self._model_pool = ThreadPoolExecutor(1, thread_name_prefix="madis-generate")
+        # a thread per batch in flight, taking turns stage by stage through the gate; the event
+        # loop stays free to accept and queue requests; renders on their own thread so a GIF
+        # never holds a batch
+        self._model_pool = ThreadPoolExecutor(self.cfg.concurrent_batches,
+                                              thread_name_prefix="madis-generate")
+        self.gate = StageGate() if self.cfg.concurrent_batches > 1 else None
         self._render_pool = ThreadPoolExecutor(1, thread_name_prefix="madis-render")
         self.current: LoadedModel = LoadedModel.load(choose_model(run_url, checkpoint), self.cfg,
                                                      self.device)
         self.reloads: list[dict[str, Any]] = []
         self.reload_error: dict[str, Any] | None = None
         self._failed_key: tuple | None = None
-        self.generate_batch.set_max_batch_size(self.cfg.max_batch_size)
-        self.generate_batch.set_batch_wait_timeout_s(self.cfg.batch_wait_s)
+        # serve.batch's concurrency is fixed when it wraps: wrap per replica, from the config
+        self.generate_batch = serve.batch(
+            max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_s,
+            max_concurrent_batches=self.cfg.concurrent_batches)(self._decode_batch)
         self._stop = threading.Event()
         if not checkpoint:
             threading.Thread(target=self._poll, name="madis-best-poller", daemon=True).start()
@@ -239,15 +246,16 @@ class TextToSign:
         return True
 
     # ------------------------------------------------------------------ batching
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
-    async def generate_batch(self, items: list[tuple[GenerateRequest, float, Any]]
-                             ) -> list[GenerationResult | RequestError]:
-        """Decode a batch of ``(request, arrival time, stage sink or None)`` on the model
-        thread; sizes are set from the config in ``__init__``."""
+    async def _decode_batch(self, items: list[tuple[GenerateRequest, float, Any]]
+                            ) -> list[GenerationResult | RequestError]:
+        """Decode a batch of ``(request, arrival time, stage sink or None)`` on a model thread
+        (``self.generate_batch``, the ``serve.batch`` wrapper made in ``__init__``, gathers
+        single items into these batches)."""
         loaded = self.current  # one model for the whole batch, even if a swap happens now
         start = time.perf_counter()
         results = await asyncio.get_running_loop().run_in_executor(
-            self._model_pool, loaded.generate, [r for r, _, _ in items], [s for _, _, s in items])
+            self._model_pool, loaded.generate, [r for r, _, _ in items],
+            [s for _, _, s in items], self.gate)
         for (_, arrived, _), res in zip(items, results):
             if isinstance(res, GenerationResult):
                 res.timings["queue_ms"] = round(1e3 * (start - arrived), 3)

@@ -48,6 +48,12 @@ class ServeConfig:
     Batching (``@serve.batch``):
         max_batch_size: requests decoded together in one ``generate`` call.
         batch_wait_s: longest wait for a batch to fill once its first request arrived.
+        concurrent_batches: batches one replica decodes at once. Above 1 they take turns one
+            UTC stage at a time, the least advanced first (:mod:`madis.serve.stage_gate`), so
+            a request that arrives during another batch's decode gets its first motion
+            (``POST /generate/stream``) after at most one of that batch's stages. 1: each
+            batch runs to the end before the next starts. ``max_ongoing_requests`` must be at
+            least ``max_batch_size * concurrent_batches``.
 
     Request limits (each violation is a 4xx with a JSON error):
         max_body_bytes: request body size.
@@ -83,6 +89,7 @@ class ServeConfig:
 
     max_batch_size: int = 8
     batch_wait_s: float = 0.02
+    concurrent_batches: int = 2
 
     max_body_bytes: int = 16384
     max_text_chars: int = 500
@@ -94,17 +101,18 @@ class ServeConfig:
         check_bounds(self, "serve",
                      at_least_one=("max_replicas", "max_ongoing_requests", "max_batch_size",
                                    "max_body_bytes", "max_text_chars", "max_num_steps",
-                                   "torch_threads", "gif_size"),
+                                   "torch_threads", "gif_size", "concurrent_batches"),
                      non_negative=("batch_wait_s", "upscale_delay_s", "downscale_delay_s",
                                    "replica_cpus", "replica_gpus"),
                      positive=("poll_s", "target_ongoing_requests"))
         if not 0 <= self.min_replicas <= self.max_replicas:
             raise ConfigError(f"serve.min_replicas must be in [0, max_replicas = "
                               f"{self.max_replicas}], got {self.min_replicas}")
-        if self.max_ongoing_requests < self.max_batch_size:
+        if self.max_ongoing_requests < self.max_batch_size * self.concurrent_batches:
             raise ConfigError(f"serve.max_ongoing_requests ({self.max_ongoing_requests}) must be "
-                              f">= serve.max_batch_size ({self.max_batch_size}): a replica could "
-                              f"never fill a batch")
+                              f">= serve.max_batch_size x serve.concurrent_batches "
+                              f"({self.max_batch_size} x {self.concurrent_batches}): a replica "
+                              f"could never fill its batches")
         self.replica_resources = check_resources(self.replica_resources,
                                                  "serve.replica_resources")
         if self.proxy_location not in PROXY_LOCATIONS:

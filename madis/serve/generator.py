@@ -19,6 +19,7 @@ from madis.motion.base import FRAMES_PER_POSITION, PARTS, MotionFormat, get_form
 from madis.serve.config import ServeConfig
 from madis.serve.requests import SAMPLERS, GenerateRequest, Limits, RequestError
 from madis.serve.source import ModelChoice, training_languages
+from madis.serve.stage_gate import StageGate
 
 
 @dataclass
@@ -31,7 +32,8 @@ class GenerationResult:
         motion: ``[4n, D]`` float32 in the motion format's units (``n = 0``: the still mean
             pose of ``decode_motion``, docs/design.md#empty-generations).
         step: checkpoint step of the model that answered (None when unknown).
-        timings: milliseconds: ``generate_ms`` (the batch's reverse process), ``decode_ms``
+        timings: milliseconds: ``generate_ms`` (the batch's reverse process, with the turns
+            other batches took between its stages, :mod:`madis.serve.stage_gate`), ``decode_ms``
             (tokens -> motion), and ``batch_size`` (requests decoded together).
         steps_used: unmasking steps that decided some of this request's positions.
         threshold: the confidence threshold decoded with (None: the fixed schedule).
@@ -107,8 +109,8 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ generation
     def generate(self, requests: Sequence[GenerateRequest],
-                 sinks: Sequence[Callable[[StageView], None] | None] | None = None
-                 ) -> list[GenerationResult | RequestError]:
+                 sinks: Sequence[Callable[[StageView], None] | None] | None = None,
+                 gate: StageGate | None = None) -> list[GenerationResult | RequestError]:
         """Decode a batch; requests sharing ``(sampler, num_steps, threshold, temperature)`` and
         whether they pin tokens run as one ``generate`` call (docs/design.md#reverse-process-eq-2),
         each request sampling with its own seeded generator, so a request's answer never depends
@@ -117,6 +119,9 @@ class LoadedModel:
         Args:
             sinks: per request, None or a callable that gets a :class:`StageView` after each
                 UTC stage (called on this thread, before the result is returned).
+            gate: shared with the replica's other decoding threads: each group's decode
+                computes only in its turns, one UTC stage per turn, the tokens -> motion
+                decoding in the turn after its last stage (:class:`~madis.serve.stage_gate.StageGate`).
         Returns one entry per request, in order: a result, or a :class:`RequestError` (422)
         when the model refuses the request's settings.
         """
@@ -132,33 +137,46 @@ class LoadedModel:
                     out[i] = RequestError(422, "unknown_sampler", f"unknown sampler {sampler!r}")
                 continue
             on_stage = self._stage_sink([sinks[i] for i in idx], sampler)
-            t0 = time.perf_counter()
+            if gate is not None:
+                ticket = gate.ticket()
+                gate.acquire(0, ticket)
+                on_stage = gate.between_stages(ticket, on_stage)
             try:
-                gen = self.model.generate([requests[i].text for i in idx],
-                                          [requests[i].lang for i in idx],
-                                          num_steps=steps, sampler=sampler, threshold=threshold,
-                                          pins=self._pins([requests[i] for i in idx]) if pinned else None,
-                                          on_stage_end=on_stage, temperature=temperature,
-                                          generator=[torch.Generator(device=self.model.device)
-                                                     .manual_seed(requests[i].seed) for i in idx])
-            except ValueError as exn:  # e.g. fewer steps than this model's UTC stages
-                for i in idx:
-                    out[i] = RequestError(422, "bad_settings", str(exn))
-                continue
-            t1 = time.perf_counter()
-            motions = self.model.decode_motion(gen)
-            t2 = time.perf_counter()
-            tokens = gen.tokens.cpu().numpy()
-            used = self.model.cfg.threshold if threshold is None else threshold
-            for row, i in enumerate(idx):
-                n = int(gen.lengths[row])
-                out[i] = GenerationResult(
-                    request=requests[i], tokens=tokens[row, :n].astype(np.int64),
-                    motion=motions[row], step=self.choice.step,
-                    timings={"generate_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1),
-                             "batch_size": len(idx)},
-                    steps_used=int(gen.steps_used[row]), threshold=used)
+                out_group = self._generate_group(requests, idx, sampler, steps, threshold, pinned,
+                                                 temperature, on_stage)
+            finally:
+                if gate is not None:
+                    gate.release()
+            for i, res in zip(idx, out_group):
+                out[i] = res
         return out  # type: ignore[return-value]
+
+    def _generate_group(self, requests, idx: list[int], sampler: str, steps, threshold, pinned,
+                        temperature, on_stage) -> list[GenerationResult | RequestError]:
+        """One ``generate`` call and its motion decoding for the requests ``idx`` (a group of
+        :meth:`generate`); a refusal of the settings becomes a 422 for each."""
+        t0 = time.perf_counter()
+        try:
+            gen = self.model.generate([requests[i].text for i in idx],
+                                      [requests[i].lang for i in idx],
+                                      num_steps=steps, sampler=sampler, threshold=threshold,
+                                      pins=self._pins([requests[i] for i in idx]) if pinned else None,
+                                      on_stage_end=on_stage, temperature=temperature,
+                                      generator=[torch.Generator(device=self.model.device)
+                                                 .manual_seed(requests[i].seed) for i in idx])
+        except ValueError as exn:  # e.g. fewer steps than this model's UTC stages
+            return [RequestError(422, "bad_settings", str(exn)) for _ in idx]
+        t1 = time.perf_counter()
+        motions = self.model.decode_motion(gen)
+        t2 = time.perf_counter()
+        tokens = gen.tokens.cpu().numpy()
+        used = self.model.cfg.threshold if threshold is None else threshold
+        return [GenerationResult(
+            request=requests[i], tokens=tokens[row, :int(gen.lengths[row])].astype(np.int64),
+            motion=motions[row], step=self.choice.step,
+            timings={"generate_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1),
+                     "batch_size": len(idx)},
+            steps_used=int(gen.steps_used[row]), threshold=used) for row, i in enumerate(idx)]
 
     def _pins(self, requests: Sequence[GenerateRequest]) -> torch.Tensor:
         """``[B, N, 3]`` pins of the requests (-1 free)."""
