@@ -21,6 +21,7 @@ fields) and tiny sizes, submitted with ``ray job submit`` as a user does.
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 import uuid
 from pathlib import Path
@@ -240,10 +241,13 @@ def test_losing_the_training_node_then_resubmitting_resumes_from_the_last_checkp
     if cluster.job_status("trainloss-1") not in ("FAILED", "STOPPED", "SUCCEEDED"):
         cluster.stop_job("trainloss-1")
     cluster.wait_job("trainloss-1", 300)
+    last = [c.step for c in list_checkpoints(run)][-1]  # what S3 holds at the re-submission
 
     cluster.start("train2", num_cpus=2, resources={"madis_train": 2})
     out = _ok(cluster.submit("trainloss-2", job), "re-submitted pretraining")
-    assert f"resumed from the checkpoint at step {before[-1]} of 8" in out
+    resumed = re.findall(r"resumed from the checkpoint at step (\d+) of (\d+)", out)
+    assert resumed == [(str(last), "8")], (before, last, [
+        line for line in out.splitlines() if "checkpoint" in line.lower()][:20])
     after = list_checkpoints(run)
     assert [c.step for c in after][-1] == 8 and set(before) <= {c.step for c in after}
     assert read_metadata(after[-1].export_url)["step"] == 8
