@@ -187,6 +187,33 @@ def test_worker_failure_resumes_to_planned_step_and_data_position(ray_local, tmp
 
 
 @pytest.mark.ray
+def test_a_newer_complete_checkpoint_on_storage_than_in_rays_snapshot_is_resumed(ray_local,
+                                                                                 tmp_path):
+    """A node lost after a checkpoint's COMPLETE marker but before Ray's controller recorded
+    the report: storage holds step 4, Ray's snapshot of the run only step 2. The re-submitted
+    job resumes at step 4 (steps 3-4 are not trained again) and ends as an unbroken run."""
+    import shutil
+
+    from madis.train import fit
+
+    task = RegressionTask()
+    whole = fit(task, _cfg(tmp_path, "whole", workers=1, zero_stage=0, steps=6,
+                           checkpoint_every=2))
+    cfg = _cfg(tmp_path, "lost", workers=1, zero_stage=0, steps=2, checkpoint_every=2)
+    fit(task, cfg)  # Ray's snapshot of run "lost": step 2
+    # training is deterministic: run "whole"'s step-4 checkpoint is what "lost" saved at step 4
+    shutil.copytree(tmp_path / "storage" / "whole" / "checkpoint_00000004",
+                    tmp_path / "storage" / "lost" / "checkpoint_00000004")
+    resumed = fit(task, TrainConfig(**{**cfg.__dict__, "steps": 6}))
+    assert resumed.checkpoint.step == 6
+    positions = [s for s, _ in _scalars(tmp_path / "tb" / "lost", "train/position")]
+    assert positions == [1, 2, 5, 6]
+    a = safetensors.torch.load_file(os.path.join(resumed.checkpoint.export_url, "model.safetensors"))
+    b = safetensors.torch.load_file(os.path.join(whole.checkpoint.export_url, "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.ray
 def test_keep_checkpoints_spares_the_best_and_the_run_still_resumes(ray_local, tmp_path):
     from madis.fleet.registry import history_entry, record
     from madis.train import fit

@@ -52,6 +52,13 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:08d}"
 
 
+def step_in_name(checkpoint_url: str) -> int | None:
+    """The step a checkpoint directory's name holds (``.../checkpoint_00000400`` -> 400), or
+    ``None`` for a name of another form."""
+    m = _CKPT_RE.match(str(checkpoint_url).rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
 def export_url(checkpoint_url: str) -> str:
     """The export directory (``from_pretrained``-loadable inference weights) of a checkpoint."""
     return f"{str(checkpoint_url).rstrip('/')}/{EXPORT_DIR}"
@@ -137,7 +144,7 @@ def list_checkpoints(run_url: str) -> list[CheckpointInfo]:
     found = []
     for entry in entries:
         name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if not _CKPT_RE.match(name):
+        if step_in_name(name) is None:
             continue
         marker = f"{root.rstrip('/')}/{name}/{COMPLETE}"
         if not fs.exists(marker):

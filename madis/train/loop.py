@@ -43,7 +43,8 @@ from madis.config import ConfigError, to_dict
 from madis.runs import absolute, run_url
 from madis.train.checkpoints import (
     COMPLETE, DEEPSPEED_DIR, EXPORT_DIR, STOPPED, CheckpointInfo, checkpoint_dir_name,
-    latest_checkpoint, prune_checkpoints, read_train_state, write_complete, write_layout,
+    latest_checkpoint, prune_checkpoints, read_train_state, step_in_name, write_complete,
+    write_layout,
 )
 from madis.train.config import TrainConfig
 from madis.train.events import TENSORBOARD_DIR, EventMirror, LiveEvents
@@ -237,11 +238,34 @@ def _save(engine, cfg: TrainConfig, task: Task, state: TrainState, metrics: dict
         shutil.rmtree(local, ignore_errors=True)
 
 
-def _restore(engine, rank: int, world_size: int, run_url: str) -> TrainState | None:
-    """Load Ray's latest checkpoint into the engine; the loop position it holds, or ``None``."""
+def _resume_point(run_url: str):
+    """The checkpoint a (re)started run resumes from: Ray's latest (its snapshot of reported
+    checkpoints), unless storage holds a newer complete one, or ``None``.
+
+    Storage is ahead of Ray when the run's node was lost after a checkpoint's COMPLETE marker
+    but before Ray's controller recorded the report, or when the job was stopped in between
+    (tests/test_cluster.py, the training node lost): Ray's snapshot alone would redo steps that
+    were already saved. Every rank lists the same storage before any of them writes, so all
+    pick the same checkpoint.
+    """
     import ray.train
 
     ckpt = ray.train.get_checkpoint()
+    newest = latest_checkpoint(run_url)
+    if newest is None:
+        return ckpt
+    if ckpt is not None:
+        step = step_in_name(ckpt.path)
+        if step is None or step >= newest.step:
+            return ckpt
+    path, fs = storage_for_ray(newest.url)
+    return ray.train.Checkpoint(path, filesystem=fs)
+
+
+def _restore(engine, rank: int, world_size: int, run_url: str) -> TrainState | None:
+    """Load the resume checkpoint (:func:`_resume_point`) into the engine; the loop position it
+    holds, or ``None``."""
+    ckpt = _resume_point(run_url)
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
