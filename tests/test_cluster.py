@@ -246,7 +246,8 @@ def test_losing_the_training_node_then_resubmitting_resumes_from_the_last_checkp
     cluster.start("train2", num_cpus=2, resources={"madis_train": 2})
     out = _ok(cluster.submit("trainloss-2", job), "re-submitted pretraining")
     resumed = re.findall(r"resumed from the checkpoint at step (\d+) of (\d+)", out)
-    assert resumed == [(str(last), "8")], (before, last, [
+    # the same worker line can reach the job log twice (Ray's log forwarding), so as a set
+    assert resumed and set(resumed) == {(str(last), "8")}, (before, last, [
         line[:300] for line in out.splitlines()
         if any(w in line.lower() for w in ("resumed", "error", "fail", "restart"))][:30])
     after = list_checkpoints(run)
