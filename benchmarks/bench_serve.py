@@ -67,6 +67,8 @@ def parse_args(argv=None):
                    help="requests per round = this x concurrency (at least 16)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds per level")
     p.add_argument("--batch-wait-s", type=float, default=None, help="default: the profile's")
+    p.add_argument("--batch-wait-idle-s", type=float, default=None,
+                   help="serve.batch_wait_idle_s (default: the profile's)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per replica")
     p.add_argument("--stream-concurrency", type=int, nargs="*", default=[1, 8],
                    help="concurrency levels of the streaming rounds (none: skip them)")
@@ -110,6 +112,8 @@ def main(argv=None) -> list[dict]:
                 "concurrent_batches": n, "max_ongoing_requests": max(b * n, max(args.concurrency)),
                 "batch_wait_s": (base.batch_wait_s if args.batch_wait_s is None
                                  else args.batch_wait_s) if b > 1 else 0.0,
+                "batch_wait_idle_s": (base.batch_wait_idle_s if args.batch_wait_idle_s is None
+                                      else args.batch_wait_idle_s) if b > 1 else 0.0,
                 "replica_cpus": 1.0, "torch_threads": args.threads})
             serve.run(build_app(cfg, run_url=f"{root}/finetune"), name=cfg.app_name,
                       route_prefix=cfg.route_prefix, blocking=False)

@@ -195,8 +195,9 @@ class TextToSign:
         self._failed_key: tuple | None = None
         # serve.batch's concurrency is fixed when it wraps: wrap per replica, from the config
         self.generate_batch = serve.batch(
-            max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_s,
+            max_batch_size=self.cfg.max_batch_size, batch_wait_timeout_s=self.cfg.batch_wait_idle_s,
             max_concurrent_batches=self.cfg.concurrent_batches)(self._decode_batch)
+        self._decoding = 0  # batches between the start and the end of _decode_batch
         self._stop = threading.Event()
         if not checkpoint:
             threading.Thread(target=self._poll, name="madis-best-poller", daemon=True).start()
@@ -253,13 +254,25 @@ class TextToSign:
         single items into these batches)."""
         loaded = self.current  # one model for the whole batch, even if a swap happens now
         start = time.perf_counter()
-        results = await asyncio.get_running_loop().run_in_executor(
-            self._model_pool, loaded.generate, [r for r, _, _ in items],
-            [s for _, _, s in items], self.gate)
+        self._decoding_changed(+1)
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._model_pool, loaded.generate, [r for r, _, _ in items],
+                [s for _, _, s in items], self.gate)
+        finally:
+            self._decoding_changed(-1)
         for (_, arrived, _), res in zip(items, results):
             if isinstance(res, GenerationResult):
                 res.timings["queue_ms"] = round(1e3 * (start - arrived), 3)
         return results
+
+    def _decoding_changed(self, delta: int) -> None:
+        """Count batches decoding (on the event loop, so no lock); the next batch's wait to
+        fill is ``serve.batch_wait_s`` while one decodes, ``batch_wait_idle_s`` while none
+        does (serve.batch reads it when a batch's first request arrives)."""
+        self._decoding += delta
+        self.generate_batch.set_batch_wait_timeout_s(
+            self.cfg.batch_wait_s if self._decoding else self.cfg.batch_wait_idle_s)
 
     # ------------------------------------------------------------------ routes
     @api.get("/", response_class=HTMLResponse)
@@ -276,6 +289,8 @@ class TextToSign:
         cfg = self.cfg
         return {**self.current.info(),
                 "serve": {"max_batch_size": cfg.max_batch_size, "batch_wait_s": cfg.batch_wait_s,
+                          "batch_wait_idle_s": cfg.batch_wait_idle_s,
+                          "concurrent_batches": cfg.concurrent_batches,
                           "min_replicas": cfg.min_replicas, "max_replicas": cfg.max_replicas,
                           "target_ongoing_requests": cfg.target_ongoing_requests,
                           "poll_s": None if self.checkpoint else cfg.poll_s,
