@@ -87,7 +87,8 @@ MAIN_ROWS = ("ar", "mdlm", "madis", "nn", "nn_tokens", "floor")
 SPLITS = ("test", "novel")
 #: TrainConfig fields that do not change what a run learns (left out of its digest)
 NOT_LEARNING = ("run_name", "storage_path", "log_dir", "progress", "log_every", "keep_checkpoints",
-                "checkpoint_every", "max_failures")
+                "checkpoint_every", "max_failures", "prefetch_batches", "tensorboard_sync_s",
+                "collective_timeout_s", "resources_per_worker")
 #: ModelConfig fields pretraining's weights do not depend on (UTC masks and lambda are
 #: fine-tuning's, the rest decoding's): left out of a pretraining run's digest, so that Table 4's
 #: rows share one pretraining run, as configs/ablations/README.md says they do
