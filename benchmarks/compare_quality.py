@@ -129,10 +129,16 @@ def main_rows(config: str) -> dict[str, TrainedRow]:
 
 
 def ablation_rows() -> dict[str, TrainedRow]:
-    """A row per ``configs/ablations/*.yaml``, labelled by its first comment line."""
+    """A row per ``configs/ablations/*.yaml``, labelled by its leading comment up to the
+    first ``;`` (e.g. "Table 4: UTC checkpoints [] for fine-tuning masks and the sampler")."""
     rows = {}
     for path in sorted(ABLATIONS.glob("*.yaml")):
-        first = path.read_text().splitlines()[0].lstrip("# ").strip()
+        lines = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#"):
+                break
+            lines.append(line.lstrip("# ").strip())
+        first = " ".join(lines).split(";")[0].rstrip(".")
         rows[path.stem] = TrainedRow(path.stem, f"{path.stem}: {first}", str(path), True)
     return rows
 

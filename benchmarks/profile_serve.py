@@ -143,7 +143,8 @@ def main(argv=None) -> dict:
     run_url = write_checkpoint(tree)
     cfg = ServeConfig(**{**to_dict(base), "app_name": "profile", "route_prefix": "/",
                          "min_replicas": 1, "max_replicas": 1, "max_batch_size": args.batch_size,
-                         "max_ongoing_requests": max(args.batch_size, args.concurrency),
+                         "max_ongoing_requests": max(args.batch_size * base.concurrent_batches,
+                                                     args.concurrency),
                          "batch_wait_s": base.batch_wait_s if args.batch_wait_s is None
                          else args.batch_wait_s, "torch_threads": args.threads,
                          "languages": ["ase", "gsg"]})
