@@ -68,6 +68,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--tokens", help="mdlm case: token shard root to read (default: written here)")
     p.add_argument("--peak-tflops", type=float, help="mdlm case on a GPU: peak for the MFU")
     p.add_argument("--stages", default="pretrain,finetune", help="mdlm case: stages measured")
+    p.add_argument("--zero-stage", type=int, default=None,
+                   help="mdlm case: DeepSpeed ZeRO stage (default: the profile's)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     if args.case == "mdlm":
@@ -286,6 +288,8 @@ def mdlm_main(args) -> list[dict]:
             cfg.run_name, cfg.storage_path, cfg.log_dir = stage, f"{tmp}/runs", f"{tmp}/tb"
             cfg.steps, cfg.log_every, cfg.checkpoint_every = args.steps, 10, 0
             cfg.progress, cfg.max_failures, cfg.warmup_steps = False, 0, 0
+            if args.zero_stage is not None:
+                cfg.zero_stage = args.zero_stage
             if gpu:
                 cfg.workers, cfg.use_gpu, cfg.cpus_per_worker = 1, True, 4
             load0, t0 = os.getloadavg()[0], time.perf_counter()
@@ -295,6 +299,7 @@ def mdlm_main(args) -> list[dict]:
             per_worker = sum(sps) / len(sps) / cfg.workers
             seq = mean_sequence_length(mcfg, tokens)
             row = {"stage": stage, "workers": cfg.workers, "batch": cfg.batch_size,
+                   "zero_stage": cfg.zero_stage,
                    "samples_per_s_per_worker": per_worker,
                    "tokens_per_s_per_worker": per_worker * seq, "seq_len": seq,
                    "peak_mem_mb": max(_window_means(f"{tmp}/tb/{stage}", "train/peak_mem_mb")),
