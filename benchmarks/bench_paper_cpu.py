@@ -134,8 +134,10 @@ def main(argv=None) -> dict:
 
     started = not ray.is_initialized()
     if started:
+        # the paper profile places training on madis_train, the fleet and Serve on madis_eval
+        # (cluster.yaml's node groups): this one node offers both
         ray.init(address="local", num_cpus=max(4, args.workers + 2), include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, resources={"madis_train": args.workers, "madis_eval": 2})
     watch = MemoryWatch()
     try:
         t0 = time.perf_counter()
