@@ -1,4 +1,5 @@
-"""Stage-by-stage turns between the decodes of one replica (docs/decoding.md#streaming).
+"""Stage-by-stage turns between the decodes of one replica
+(docs/decoding.md#streamed-coarse-to-fine-decoding).
 
 A replica with ``serve.concurrent_batches`` > 1 has that many batches in flight, each decoding
 on a thread of its own. They share the replica's cores, so only one computes at a time: the
