@@ -2,8 +2,8 @@
 requests into tokens and motion, and the response encodings (JSON, ``.pose``, GIF).
 
 The Ray Serve deployment (:mod:`madis.serve.app`) holds one :class:`LoadedModel` at a time and
-swaps in a new one when ``best.json`` changes; everything here runs in a worker thread of a
-replica, one batch at a time.
+swaps in a new one when ``best.json`` changes; everything here runs in the worker threads of a
+replica, one per batch in flight, computing in turns (:mod:`madis.serve.stage_gate`).
 """
 
 from __future__ import annotations

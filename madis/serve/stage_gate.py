@@ -51,7 +51,13 @@ class StageGate:
         key = (stage, ticket)
         with self._cond:
             heapq.heappush(self._waiting, key)
-            self._cond.wait_for(lambda: self._holder is None and self._waiting[0] == key)
+            try:
+                self._cond.wait_for(lambda: self._holder is None and self._waiting[0] == key)
+            except BaseException:  # interrupted: a key left first in line would block everyone
+                self._waiting.remove(key)
+                heapq.heapify(self._waiting)
+                self._cond.notify_all()
+                raise
             heapq.heappop(self._waiting)
             self._holder = key
 
