@@ -204,6 +204,8 @@ class LocalCluster:
         from madis.data.s3server import free_port
 
         self.token = os.path.abspath(token)
+        with open(self.token) as f:  # fixed for the cluster's life: read once, not per poll
+            self._bearer = f"Bearer {f.read().strip()}"
         self.logs = os.path.abspath(logs)
         os.makedirs(self.logs, exist_ok=True)
         self.bin = os.path.dirname(sys.executable)
@@ -230,8 +232,7 @@ class LocalCluster:
         """The token as an HTTP header for this process's job and state-API clients: Ray reads
         ``RAY_AUTH_MODE`` once, when ``ray`` is imported, so setting it here would come too late
         in a process (a pytest session) that imported Ray before the cluster existed."""
-        with open(self.token) as f:
-            return {"Authorization": f"Bearer {f.read().strip()}"}
+        return {"Authorization": self._bearer}
 
     def jobs(self):
         """A :class:`ray.job_submission.JobSubmissionClient` of the head, authenticated."""
