@@ -25,8 +25,9 @@ accuracy columns a known answer. ``--cache-dir`` keeps the trained models for la
 * ``thr-T`` (issue 15): confidence-threshold decoding at threshold T inside UTC's stages, on
   top of the exact switches (``utc-all-exact``, its reference for ``agree``); ``-one`` rows use
   Fast-dLLM's floor of one position per step instead of the schedule's count; ``+drop``/``+len``
-  add ``drop_after_eos`` / ``length_first``. ``steps`` is the mean ``steps_used`` at the large
-  batch, ``SiBLEU4`` body/hands the token BLEU-4 against the synthetic truth.
+  add ``drop_after_eos`` / ``length_first``, ``+stage`` the approximate ``stage_kv_cache``.
+  ``steps`` is the mean ``steps_used`` at the large batch, ``SiBLEU4`` body/hands the token
+  BLEU-4 against the synthetic truth.
 
 Speed is only compared within one run (same process, interleaved repeats, median). Run::
 
@@ -235,6 +236,9 @@ def main() -> None:
         rows[f"thr-{t:g}+drop"] = (mdlm_t2t, dict(exact, threshold=t, drop_after_eos=True))
         rows[f"thr-{t:g}+drop+len"] = (mdlm_t2t, dict(exact, threshold=t, drop_after_eos=True,
                                                      length_first=True))
+        rows[f"thr-{t:g}+stage"] = (mdlm_t2t, dict(exact, threshold=t, stage_kv_cache=True))
+        rows[f"thr-{t:g}+drop+stage"] = (mdlm_t2t, dict(exact, threshold=t, drop_after_eos=True,
+                                                       stage_kv_cache=True))
     if args.only:
         keep = {"ar", *args.only.split(",")}
         rows = {k: v for k, v in rows.items() if k in keep}

@@ -39,8 +39,10 @@ One tokenizer serves every row and seed (``ray_jobs/train_tokenizer.py`` once; `
 reuses a token shard set). A seed sets ``train.seed`` of every job (initial weights, batch
 order, masks) and seeds decoding. Runs are named by a digest of everything that shapes them
 (resolved model and train sections, shards, start checkpoint, seed): two rows that resolve to
-the same run train it once (a Table 4 row shares MaDiS's pretraining; ``t3-tri-level`` is
-MaDiS), and with the same ``--storage`` a second invocation reuses every finished run.
+the same run train it once (a Table 4 row shares MaDiS's pretraining), and with the same
+``--storage`` a second invocation reuses every finished run. ``--decode temperature=0``
+re-scores those runs decoded another way (here greedily, the paper's decoding) without
+training anything.
 
 Scored on the sample's test split (76 composed words in no other split) and on
 :data:`~madis.data.sample.NOVEL_WORDS` (20 words in no split and no word list, composed from
@@ -92,9 +94,10 @@ NOT_LEARNING = ("run_name", "storage_path", "log_dir", "progress", "log_every", 
 #: ModelConfig fields pretraining's weights do not depend on (UTC masks and lambda are
 #: fine-tuning's, the rest decoding's): left out of a pretraining run's digest, so that Table 4's
 #: rows share one pretraining run, as configs/ablations/README.md says they do
-NOT_IN_PRETRAINING = ("utc_checkpoints", "finetune_lambda", "sampler", "num_steps", "temperature",
-                      "logits_masked_only", "text_kv_cache", "drop_after_eos", "length_first",
-                      "stage_kv_cache", "threshold", "threshold_floor")
+#: ModelConfig fields that only say how a trained model decodes (``--decode`` may set them)
+DECODING = ("sampler", "num_steps", "temperature", "logits_masked_only", "text_kv_cache",
+            "drop_after_eos", "length_first", "stage_kv_cache", "threshold", "threshold_floor")
+NOT_IN_PRETRAINING = ("utc_checkpoints", "finetune_lambda", *DECODING)
 
 
 @dataclass
@@ -392,19 +395,45 @@ class Runner:
         return [pre, self.run("finetune", row, seed, [self.tokens], pre["export"])]
 
 
-def evaluate_export(export: str, refs: dict, fmt: str, seed: int) -> tuple[dict, dict]:
-    """Scores of one trained export on every split: ``({split: scores}, info)``."""
+def parse_decode(items: list[str]) -> dict:
+    """``--decode`` items ``field=value`` (YAML values) -> ``{field: value}``.
+
+    Raises:
+        SystemExit: an item without ``=`` or a field that is not one of :data:`DECODING`.
+    """
+    import yaml
+
+    out = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        key = key.strip().removeprefix("model.")
+        if not eq or key not in DECODING:
+            raise SystemExit(f"--decode {item!r}: give field=value with a decoding field of the "
+                             f"model section ({', '.join(DECODING)})")
+        out[key] = yaml.safe_load(raw)
+    return out
+
+
+def evaluate_export(export: str, refs: dict, fmt: str, seed: int,
+                    decode: dict | None = None) -> tuple[dict, dict]:
+    """Scores of one trained export on every split: ``({split: scores}, info)``; ``decode``
+    replaces decoding fields of the export's model config (no retraining)."""
+    import dataclasses
+
     from madis.mdlm.predict import predict_references
     from madis.mdlm.exports import load_generator
 
     model = load_generator(export)
+    if decode:
+        model.cfg = dataclasses.replace(model.cfg, **decode)
     out = {}
     for split, r in refs.items():
         g = torch.Generator().manual_seed(seed)
         preds, _ = predict_references(model, r, generator=g)
         out[split] = score(preds, r, fmt)
     info = {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
-            "sampler": model.cfg.sampler, "num_steps": model.cfg.num_steps}
+            "sampler": model.cfg.sampler, "num_steps": model.cfg.num_steps,
+            "temperature": model.cfg.temperature}
     return out, info
 
 
@@ -449,11 +478,17 @@ def main(argv=None) -> dict:
                     help="pretrain on the sample plus K composed pseudo-words per sign language "
                          "(madis.data.sample.build_pretrain_corpus), as `madis up` does "
                          f"(default {PRETRAIN_WORDS_PER_LANGUAGE}; 0: the sample alone)")
+    ap.add_argument("--decode", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="decode every trained row's model with these decoding fields of the "
+                         "model section instead of its own (e.g. temperature=0: greedy, the "
+                         "paper's decoding); training and run digests are unchanged, so a "
+                         "second invocation with the same --storage only re-scores")
     ap.add_argument("--json", help="write every seed's numbers and the timings here")
     ap.add_argument("--markdown", help="write the tables here")
     ap.add_argument("overrides", nargs="*", help="config overrides for every job")
     args = ap.parse_args(argv)
     trained_rows, free_rows = choose_rows(args)
+    decode = parse_decode(args.decode)
 
     import ray
 
@@ -524,7 +559,7 @@ def main(argv=None) -> dict:
                 for name, row in trained_rows.items():
                     reps = runner.train(row, seed)
                     t = time.perf_counter()
-                    scores, info = evaluate_export(reps[-1]["export"], refs, fmt, seed)
+                    scores, info = evaluate_export(reps[-1]["export"], refs, fmt, seed, decode)
                     seconds = time.perf_counter() - t
                     timings[f"evaluate {name} seed {seed}"] = seconds
                     rows[name]["seeds"][seed] = {
@@ -555,14 +590,16 @@ def write_results(args, rows: dict, trained_rows: dict, free_rows: list[str], re
         rows[name]["summary"] = {split: summarize({s: v["scores"][split] for s, v in seeds.items()})
                                  for split in SPLITS}
     done = {n: sorted(rows[n]["seeds"]) for n in trained_rows}
-    head = (f"config {args.config} {' '.join(args.overrides)}; seeds {args.seeds}"
+    decoded = f"; decoded with {' '.join(args.decode)}" if args.decode else ""
+    head = (f"config {args.config} {' '.join(args.overrides)}{decoded}; seeds {args.seeds}"
             f"{f' (partial: {done})' if partial else ''}; commit {git_commit()}; test split "
             f"{len(refs['test'])} clips, novel words {len(refs['novel'])}")
     markdown = markdown_tables(rows, [*trained_rows, *free_rows], head)
     if not partial:
         print("\n" + markdown)
         print("\nwall time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    result = {"config": args.config, "overrides": list(args.overrides), "seeds": args.seeds,
+    result = {"config": args.config, "overrides": list(args.overrides),
+              "decode": list(args.decode), "seeds": args.seeds,
               "partial": partial, "commit": git_commit(), "storage": storage, "tokens": tokens,
               "pseudo_words_per_language": args.pseudo_words,
               "samples": {k: len(v) for k, v in refs.items()}, "rows": rows,

@@ -96,6 +96,16 @@ def test_token_accuracy_counts_an_empty_generation_as_misses():
     assert got == pytest.approx(100 * 2 / 6)
 
 
+def test_decode_fields_are_parsed_and_anything_else_is_refused():
+    assert cq.parse_decode(["temperature=0", "model.threshold=0.5", "sampler=vanilla"]) == {
+        "temperature": 0, "threshold": 0.5, "sampler": "vanilla"}
+    assert cq.parse_decode([]) == {}
+    # what shapes the weights is not decoding: changing it needs a run of its own
+    for bad in ("utc_checkpoints=[]", "embedding=dense", "temperature", "hidden_size=8"):
+        with pytest.raises(SystemExit, match="decoding field"):
+            cq.parse_decode([bad])
+
+
 @pytest.mark.slow  # the real jobs (tokenizer, pretraining, three fine-tunings): minutes
 def test_compare_quality_end_to_end(tmp_path):
     out = cq.main(["--seeds", "1", "--storage", str(tmp_path / "runs"), "--json",
@@ -109,3 +119,13 @@ def test_compare_quality_end_to_end(tmp_path):
     floor = out["rows"]["floor"]["scores"]["test"]
     assert floor["sibleu4_hands"] == pytest.approx(100) and floor["token_acc"] == 100
     assert "Table 1, sample test split" in (tmp_path / "q.md").read_text()
+    # the same runs decoded greedily: nothing trained again, every model decoded at T=0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    again = cq.main(["--seeds", "1", "--storage", str(tmp_path / "runs"), "--rows", "mdlm,madis",
+                     "--decode", "temperature=0", "train_tokenizer.steps=4",
+                     "train_pretrain.steps=2", "train_finetune.steps=2", "train.batch_size=4"])
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs
+    for row in ("mdlm", "madis"):
+        seed = again["rows"][row]["seeds"][0]
+        assert seed["model"]["temperature"] == 0
+        assert seed["export"] == out["rows"][row]["seeds"][0]["export"]
