@@ -11,6 +11,7 @@ fixed schedule. Run::
 
     .venv/bin/python benchmarks/threshold_quality.py storage/finetune/checkpoint_00000600/export
     .venv/bin/python benchmarks/threshold_quality.py EXPORT --shards shards --thresholds 0.9 0.7
+    .venv/bin/python benchmarks/threshold_quality.py EXPORT --thresholds 0.5 --stage-kv-cache
 
 The references' tokens come from the export's own tokenizer applied to ``--shards`` (the motion
 shards of the sample, built by ``madis data build-sample``), as the token shards are made.
@@ -81,6 +82,9 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, default=3, help="sampling seeds per row (mean)")
     ap.add_argument("--length-first", choices=("on", "off", "both"), default="both",
                     help="decide the length first (cpu-tiny) or the first-[EOS] rule (paper)")
+    ap.add_argument("--stage-kv-cache", action="store_true",
+                    help="threshold rows also use the approximate per-stage key/value cache "
+                         "(model.stage_kv_cache; the fixed rows stay exact)")
     args = ap.parse_args(argv)
 
     from madis.metrics import evaluate
@@ -104,7 +108,8 @@ def main(argv=None) -> None:
                 seeds = [None] if mode == "greedy" else list(range(args.seeds))
                 rows, steps = [], []
                 for seed in seeds:
-                    kw = {"threshold": thr, "length_first": lf}
+                    kw = {"threshold": thr, "length_first": lf,
+                          "stage_kv_cache": args.stage_kv_cache and thr is not None}
                     if seed is None:
                         kw["temperature"] = 0.0
                     else:
