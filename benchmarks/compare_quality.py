@@ -478,9 +478,9 @@ def main(argv=None) -> dict:
                     help="pretrain on the sample plus K composed pseudo-words per sign language "
                          "(madis.data.sample.build_pretrain_corpus), as `madis up` does "
                          f"(default {PRETRAIN_WORDS_PER_LANGUAGE}; 0: the sample alone)")
-    ap.add_argument("--decode", nargs="+", default=[], metavar="FIELD=VALUE",
-                    help="decode every trained row's model with these decoding fields of the "
-                         "model section instead of its own (e.g. temperature=0: greedy, the "
+    ap.add_argument("--decode", action="append", default=[], metavar="FIELD=VALUE",
+                    help="decode every trained row's model with this decoding field of the "
+                         "model section instead of its own, repeatable (temperature=0: greedy, the "
                          "paper's decoding); training and run digests are unchanged, so a "
                          "second invocation with the same --storage only re-scores")
     ap.add_argument("--json", help="write every seed's numbers and the timings here")
