@@ -91,12 +91,12 @@ SPLITS = ("test", "novel")
 NOT_LEARNING = ("run_name", "storage_path", "log_dir", "progress", "log_every", "keep_checkpoints",
                 "checkpoint_every", "max_failures", "prefetch_batches", "tensorboard_sync_s",
                 "collective_timeout_s", "resources_per_worker")
-#: ModelConfig fields pretraining's weights do not depend on (UTC masks and lambda are
-#: fine-tuning's, the rest decoding's): left out of a pretraining run's digest, so that Table 4's
-#: rows share one pretraining run, as configs/ablations/README.md says they do
 #: ModelConfig fields that only say how a trained model decodes (``--decode`` may set them)
 DECODING = ("sampler", "num_steps", "temperature", "logits_masked_only", "text_kv_cache",
             "drop_after_eos", "length_first", "stage_kv_cache", "threshold", "threshold_floor")
+#: ModelConfig fields pretraining's weights do not depend on (UTC masks and lambda are
+#: fine-tuning's, the rest decoding's): left out of a pretraining run's digest, so that Table 4's
+#: rows share one pretraining run, as configs/ablations/README.md says they do
 NOT_IN_PRETRAINING = ("utc_checkpoints", "finetune_lambda", *DECODING)
 
 
@@ -396,36 +396,39 @@ class Runner:
 
 
 def parse_decode(items: list[str]) -> dict:
-    """``--decode`` items ``field=value`` (YAML values) -> ``{field: value}``.
+    """``--decode`` items ``field=value`` (read as config overrides are) -> ``{field: value}``.
 
     Raises:
         SystemExit: an item without ``=`` or a field that is not one of :data:`DECODING`.
     """
-    import yaml
+    from madis.config import ConfigError, split_override
 
     out = {}
     for item in items:
-        key, eq, raw = item.partition("=")
-        key = key.strip().removeprefix("model.")
-        if not eq or key not in DECODING:
+        try:
+            key, value = split_override(item)
+        except ConfigError:
+            key = value = None
+        key = key and key.removeprefix("model.")
+        if key not in DECODING:
             raise SystemExit(f"--decode {item!r}: give field=value with a decoding field of the "
                              f"model section ({', '.join(DECODING)})")
-        out[key] = yaml.safe_load(raw)
+        out[key] = value
     return out
 
 
 def evaluate_export(export: str, refs: dict, fmt: str, seed: int,
                     decode: dict | None = None) -> tuple[dict, dict]:
     """Scores of one trained export on every split: ``({split: scores}, info)``; ``decode``
-    replaces decoding fields of the export's model config (no retraining)."""
-    import dataclasses
-
+    replaces decoding fields of the export's model config (no retraining), checked as a
+    config file's would be."""
+    from madis.config import from_dict, to_dict
     from madis.mdlm.predict import predict_references
     from madis.mdlm.exports import load_generator
 
     model = load_generator(export)
     if decode:
-        model.cfg = dataclasses.replace(model.cfg, **decode)
+        model.cfg = from_dict(type(model.cfg), {**to_dict(model.cfg), **decode}, where="model")
     out = {}
     for split, r in refs.items():
         g = torch.Generator().manual_seed(seed)

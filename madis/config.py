@@ -201,11 +201,20 @@ def load_tree(
                 base[section] = body
         tree = base
     for ov in overrides:
-        if "=" not in ov:
-            raise ConfigError(f"override {ov!r} must look like section.field=value")
-        key, raw = ov.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+        _set_dotted(tree, *split_override(ov))
     return tree
+
+
+def split_override(override: str) -> tuple[str, Any]:
+    """``"section.field=value"`` -> ``("section.field", value)``, the value read as YAML.
+
+    Raises:
+        ConfigError: no ``=`` in ``override``.
+    """
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.field=value")
+    key, raw = override.split("=", 1)
+    return key.strip(), yaml.safe_load(raw)
 
 
 def section(tree: Mapping[str, Any], name: str, cls: type[T]) -> T:
