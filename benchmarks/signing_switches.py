@@ -48,6 +48,7 @@ ROWS = {
     "no-pseudo-words": ([], "nopseudo"),
     "no-pretraining": ([], "nopretrain"),
     "mop-text-scale": (["model.mop_init=text_scale"], "v3"),
+    "dense-mop": (["model.embedding=dense"], "v3"),
     "hand-frame-body": (["tokenizer.hand_frame=body"], "body"),
     "stretched-letters": ([], "stretch"),
 }

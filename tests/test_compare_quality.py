@@ -34,11 +34,12 @@ def test_rows_share_runs_exactly_when_their_configs_agree():
         assert _digest(abl[name], "pretrain") == pre, name
     assert _digest(abl["t4-utc-none"], "finetune", init="x") != _digest(madis, "finetune", init="x")
     # rows restating the profile's recipe are MaDiS itself (nothing trained twice)
-    assert _digest(abl["t5-dense"], "pretrain") == pre
-    assert _digest(abl["t5-dense"], "finetune", init="x") == _digest(madis, "finetune", init="x")
+    assert _digest(abl["t5-sparse-top1"], "pretrain") == pre
+    assert _digest(abl["t5-sparse-top1"], "finetune", init="x") == _digest(madis, "finetune",
+                                                                          init="x")
     # rows that change pretraining (t3-tri-level: the paper's masked texts, which cpu-tiny
     # leaves unmasked), another seed, another step budget: their own runs
-    for name in ("t3-sign-only", "t3-tri-level", "t5-simple-avg"):
+    for name in ("t3-sign-only", "t3-tri-level", "t5-simple-avg", "t5-dense"):
         assert _digest(abl[name], "pretrain") != pre
     assert _digest(madis, "pretrain", seed=1) != pre
     assert _digest(madis, "pretrain", extra=["train_pretrain.steps=7"]) != pre

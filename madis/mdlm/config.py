@@ -70,8 +70,9 @@ class ModelConfig:
         latent_mlp_hidden: hidden width of the three latent MLPs phi_p (0: d_model).
 
     Sign embedding (paper 3.3.2):
-        embedding: ``dense`` (MoP, default), ``simple_avg`` (SOKE's mean of three learned part
-            embeddings), ``sparse_top1`` / ``sparse_top2`` (top-k gates renormalised).
+        embedding: ``dense`` (MoP, the paper's; default), ``simple_avg`` (SOKE's mean of three
+            learned part embeddings), ``sparse_top1`` / ``sparse_top2`` (top-k gates
+            renormalised; cpu-tiny: ``sparse_top1``, docs/signing.md#sign-embedding).
         train_codebooks: fine-tune the MoP's copy of the tokenizer codebooks (frozen by default).
         mop_init: ``default`` (PyTorch's Linear initialisation of ``FC_p``, the paper's code) or
             ``text_scale`` (``FC_p`` rescaled at initialisation so sign embeddings start at the
