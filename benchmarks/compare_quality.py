@@ -408,8 +408,8 @@ def parse_decode(items: list[str]) -> dict:
         try:
             key, value = split_override(item)
         except ConfigError:
-            key = value = None
-        key = key and key.removeprefix("model.")
+            key, value = "", None
+        key = key.removeprefix("model.")
         if key not in DECODING:
             raise SystemExit(f"--decode {item!r}: give field=value with a decoding field of the "
                              f"model section ({', '.join(DECODING)})")
